@@ -1,0 +1,81 @@
+"""The core plugin: trainers, models, fitness functions and datasets as providers, the default
+``evoens_evaluate``, and periodic validation/test accuracy in the statistics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from evoens import Provider, hookimpl
+from evoens.config import DataConfig, ModelConfig
+from evoens.datasets import DATASETS, DataSplits, load_dataset
+from evoens.evolution import EvolutionTrainer, build_evolution
+from evoens.fitness import FITNESS
+from evoens.gradient import GradientTrainer, build_gradient
+from evoens.models import convnet, mlp
+from evoens.population import Population
+from evoens.run import Run, candidate_accuracies
+
+
+def evolution_trainer(run: Run) -> EvolutionTrainer:
+    cfg = run.config.trainer
+    return build_evolution(
+        run.template, run.fitness_fn, run.registry.get("searcher", cfg.searcher).factory, run.batcher, run.hooks,
+        popsize=cfg.popsize, options=cfg.searcher_options, device=run.device, seed=run.config.seed,
+        num_actors=cfg.num_actors, strategy=cfg.strategy, max_chunk=cfg.max_chunk,
+    )
+
+
+def gradient_trainer(run: Run) -> GradientTrainer:
+    cfg = run.config.trainer
+    return build_gradient(
+        run.template, run.batcher, run.hooks, popsize=cfg.popsize, optimizer=cfg.optimizer, lr=cfg.lr,
+        weight_decay=cfg.weight_decay, device=run.device, seed=run.config.seed, strategy=cfg.strategy,
+        max_chunk=cfg.max_chunk,
+    )
+
+
+def _mlp(input_shape: tuple[int, ...], num_outputs: int, cfg: ModelConfig) -> torch.nn.Module:
+    return mlp(input_shape, num_outputs, cfg.hidden, cfg.activation)
+
+
+def _convnet(input_shape: tuple[int, ...], num_outputs: int, cfg: ModelConfig) -> torch.nn.Module:
+    return convnet(input_shape, num_outputs, activation=cfg.activation, **cfg.options)
+
+
+def _dataset(name: str) -> Any:
+    def factory(cfg: DataConfig, seed: int) -> DataSplits:
+        return load_dataset(name, data_dir=cfg.data_dir, seed=seed, val_fraction=cfg.val_fraction,
+                            test_fraction=cfg.test_fraction, **cfg.options)
+
+    return factory
+
+
+@hookimpl
+def evoens_register_providers() -> Iterator[Provider]:
+    yield Provider("trainer", "evolution", evolution_trainer, "EvoTorch searcher over the batched population")
+    yield Provider("trainer", "gradient", gradient_trainer, "P independent networks, one batched optimizer")
+    yield Provider("model", "mlp", _mlp, "multi-layer perceptron: model.hidden widths, model.activation")
+    yield Provider("model", "convnet", _convnet, "EvoJAX MNIST ConvNet (options: channels, kernel)")
+    for name, (fn, description) in FITNESS.items():
+        yield Provider("fitness", name, lambda fn=fn: fn, description)
+    for name in DATASETS:
+        yield Provider("dataset", name, _dataset(name), f"dataset '{name}' (evoens.data)")
+
+
+@hookimpl(trylast=True)
+def evoens_evaluate(run: Run, population: Population, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    x, y = batch
+    return run.fitness_fn(population(x), y)  # (P,)
+
+
+@hookimpl
+def evoens_after_tell(run: Run, generation: int) -> dict[str, Any] | None:
+    """Every ``eval_every`` generations (and at the last one) report held-out accuracy."""
+    last = generation + 1 == run.config.generations
+    if run.data.num_classes <= 0 or not (last or (generation + 1) % run.config.eval_every == 0):
+        return None
+    found = candidate_accuracies(run)
+    return {"val_accuracy": found["val_accuracy"], "test_accuracy": found["test_accuracy"]}

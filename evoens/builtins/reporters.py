@@ -1,0 +1,114 @@
+"""Reporters: where per-generation statistics go. Each is a ``reporter`` provider chosen by the
+config's ``reporters`` list; a progress bar joins them when stderr is a terminal. A reporter
+that raises is named in a warning, switched off, and the run goes on."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from evoens import Provider, hookimpl
+from evoens.run import Run
+
+log = logging.getLogger("evoens")
+
+
+class Reporter(Protocol):
+    def report(self, generation: int, stats: dict[str, Any]) -> None: ...
+    def close(self) -> None: ...
+
+
+def _scalars(stats: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class JsonlReporter:
+    """One JSON object per generation in ``metrics.jsonl`` (plus generations per second)."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.file = (out_dir / "metrics.jsonl").open("a")
+        self.last = time.perf_counter()
+
+    def report(self, generation: int, stats: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        row = {"generation": generation, **_scalars(stats), "generations_per_second": 1.0 / max(now - self.last, 1e-9)}
+        self.last = now
+        self.file.write(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                                    for k, v in row.items()}) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class TensorBoardReporter:
+    """tensorboardX event files under ``DIR/tb``: one scalar per statistic and generation."""
+
+    def __init__(self, out_dir: Path) -> None:
+        from tensorboardX import SummaryWriter
+
+        self.writer = SummaryWriter(str(out_dir / "tb"))
+
+    def report(self, generation: int, stats: dict[str, Any]) -> None:
+        for key, value in _scalars(stats).items():
+            self.writer.add_scalar(key, value, generation)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class ProgressReporter:
+    """A tqdm bar over the generations, showing the best fitness."""
+
+    def __init__(self, total: int, initial: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, initial=initial, unit="gen", dynamic_ncols=True, file=sys.stderr)
+
+    def report(self, generation: int, stats: dict[str, Any]) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix({k: f"{v:.4g}" for k, v in _scalars(stats).items() if k in ("best_fitness", "test_accuracy")})
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+@hookimpl
+def evoens_register_providers() -> Iterator[Provider]:
+    yield Provider("reporter", "jsonl", lambda run: JsonlReporter(run.out_dir), "DIR/metrics.jsonl, a line per generation")
+    yield Provider("reporter", "tensorboard", lambda run: TensorBoardReporter(run.out_dir), "tensorboardX events in DIR/tb")
+    yield Provider("reporter", "progress", lambda run: ProgressReporter(run.config.generations, run.generation),
+                   "a progress bar on stderr")
+
+
+@hookimpl
+def evoens_run_start(run: Run) -> None:
+    names = list(run.config.reporters)
+    if sys.stderr.isatty() and "progress" not in names:
+        names.append("progress")
+    run.plugin_state["reporters"] = {name: run.registry.create("reporter", name, run) for name in names}
+
+
+@hookimpl
+def evoens_report(run: Run, generation: int, stats: dict[str, Any]) -> None:
+    active: dict[str, Reporter] = run.plugin_state.get("reporters", {})
+    for name, reporter in list(active.items()):
+        try:
+            reporter.report(generation, stats)
+        except Exception as exc:
+            log.warning("reporter '%s' failed at generation %d: %r; it is switched off, the run continues",
+                        name, generation, exc)
+            run.summary.setdefault("reporter_errors", []).append(f"{name}: {exc!r}")
+            del active[name]
+
+
+@hookimpl
+def evoens_run_end(run: Run) -> None:
+    for reporter in run.plugin_state.pop("reporters", {}).values():
+        reporter.close()

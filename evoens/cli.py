@@ -1,0 +1,119 @@
+"""The ``evoens`` command: run, resume, bench, plugins, --version.
+
+User errors (a bad config, missing data, an unknown provider, a broken plugin) print one line
+``evoens: error: ...`` and exit with code 2; tracebacks only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from evoens import __version__
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from evoens.config import ConfigError
+    from evoens.datasets import DataError
+    from evoens.errors import UserError
+
+    return (UserError, ConfigError, DataError)
+
+
+def _plugin_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-p", dest="disable", action="append", default=[], metavar="no:NAME",
+                        help="disable the plugin NAME (repeatable); also EVOENS_DISABLE_PLUGINS=a,b")
+    parser.add_argument("--plugins-dir", help="also load every *.py file of this directory as a plugin")
+    parser.add_argument("--trace-plugins", action="store_true", help="print every hook call to stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="evoens", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"evoens {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a TOML config")
+    run.add_argument("config", help="path of the run config (TOML)")
+    run.add_argument("--out", default=None, help="run directory (default: runs/<config name>)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config key, e.g. --set trainer.popsize=128 (repeatable)")
+    run.add_argument("--device", choices=["cpu", "cuda", "auto"], help="override the config's device")
+    run.add_argument("--data-dir", help="directory of downloaded datasets (also EVOENS_DATA_DIR)")
+    _plugin_args(run)
+
+    plugins = sub.add_parser("plugins", help="list plugins: distribution, version, hooks, providers")
+    plugins.add_argument("--json", action="store_true", help="machine-readable output")
+    _plugin_args(plugins)
+    return parser
+
+
+def _manager(args: argparse.Namespace, config: Any = None) -> Any:
+    from evoens.manager import create_plugin_manager
+
+    disable = list(args.disable) + (list(config.plugins.disable) if config else [])
+    require = list(config.plugins.require) if config else []
+    return create_plugin_manager(disable=disable, require=require, plugins_dir=args.plugins_dir,
+                                 trace=args.trace_plugins or None)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from evoens.config import load_config
+    from evoens.engine import execute
+
+    overrides = list(args.overrides)
+    if args.device:
+        overrides.append(f"device={json.dumps(args.device)}")
+    if args.data_dir:
+        overrides.append(f"data.data_dir={json.dumps(args.data_dir)}")
+    config = load_config(args.config, overrides)
+    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    summary = execute(config, out, _manager(args, config))
+    shown = {k: summary[k] for k in ("best_fitness", "test_accuracy", "generations", "wall_seconds") if k in summary}
+    print(f"run finished: {out / 'summary.json'} " + json.dumps(shown))
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from evoens.manager import describe_plugins
+
+    rows = describe_plugins(_manager(args))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        origin = f"{row['distribution']} {row['version']}" if row["distribution"] else "local"
+        print(f"{row['name']} ({origin})" + (f"  FAILED: {row['error']}" if row["error"] else ""))
+        if row["hooks"]:
+            print(f"  hooks: {', '.join(row['hooks'])}")
+        if row["providers"]:
+            print(f"  providers: {', '.join(row['providers'])}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "plugins": cmd_plugins}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING,
+                        format="evoens: %(levelname)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except _user_errors() as exc:
+        if args.debug:
+            raise
+        print(f"evoens: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("evoens: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

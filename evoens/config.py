@@ -1,0 +1,499 @@
+"""Run configs: TOML files validated into small dataclasses.
+
+A run config is a TOML document whose tables mirror the dataclasses below::
+
+    seed = 1
+    generations = 500
+
+    [trainer]
+    popsize = 128
+    searcher = "snes"
+
+    [extra.myplugin]        # free-form table for third-party plugins
+    alpha = 0.5
+
+Validation is generic: one walker reads each dataclass's fields, their type hints and the
+constraints in their metadata (``ge``/``gt``/``le``/``lt`` bounds, ``choices`` and a one-line
+``help``), so adding a knob is one line. Every error is a one-line :class:`ConfigError` naming the
+dotted key, the bad value and what is allowed, e.g.::
+
+    unknown key 'trainer.popsze' (did you mean 'popsize'?); allowed keys in [trainer]: name, ...
+    trainer.popsize = 'ten': expected an integer
+    trainer.lr = -1.0: must be > 0
+
+Provider names (datasets, searchers, reporters, ...) are free strings here; the registry checks
+them later against what the plugins registered.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime
+import difflib
+import functools
+import math
+import operator
+import re
+import sys
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, Union
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+__all__ = [
+    "CheckpointConfig",
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "PluginsConfig",
+    "RunConfig",
+    "TrainerConfig",
+    "config_from_dict",
+    "config_to_dict",
+    "dump_toml",
+    "load_config",
+    "loads_config",
+]
+
+
+class ConfigError(ValueError):
+    """A mistake in a run config. ``str(err)`` is one line: the key, the bad value, what is allowed."""
+
+
+def _opt(default: Any, help: str, **constraints: Any) -> Any:
+    """A dataclass field: its default, a one-line help text and constraints (ge/gt/le/lt, choices)."""
+    meta = {"help": help, **constraints}
+    if isinstance(default, type):  # a nested section
+        return field(default_factory=default, metadata=meta)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=functools.partial(copy.deepcopy, default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ---------------------------------------------------------------------------------------------
+# The schema
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    """Which dataset, and how it is split and batched."""
+
+    name: str = _opt("digits", "dataset provider name (digits, mnist1d, gaussian, mnist, ...)")
+    batch_size: int = _opt(0, "examples per generation; 0 = the whole training split", ge=0)
+    val_fraction: float = _opt(0.1, "fraction of the data held out for validation", ge=0, lt=0.9)
+    test_fraction: float = _opt(0.2, "fraction of the data held out for testing", gt=0, lt=0.9)
+    data_dir: str | None = _opt(None, "directory with (or for downloaded) dataset files")
+    options: dict[str, Any] = _opt({}, "provider-specific options, passed through unchanged")
+
+
+@dataclass
+class ModelConfig:
+    """The architecture every individual of the population shares."""
+
+    name: str = _opt("mlp", "model provider name")
+    hidden: list[int] = _opt([32], "hidden layer widths", ge=1)
+    activation: str = _opt(
+        "tanh", "hidden activation", choices=("relu", "tanh", "sigmoid", "gelu", "identity")
+    )
+    options: dict[str, Any] = _opt({}, "provider-specific options, passed through unchanged")
+
+
+@dataclass
+class TrainerConfig:
+    """How the population is searched or trained."""
+
+    name: str = _opt("evolution", "trainer provider name (checked by the registry)")
+    popsize: int = _opt(64, "number of individuals in the population", ge=1)
+    searcher: str = _opt("pgpe", "search algorithm name (e.g. snes, xnes, pgpe, cmaes, cem, ga)")
+    fitness: str = _opt("neg_cross_entropy", "fitness evaluator name")
+    searcher_options: dict[str, Any] = _opt({}, "keyword arguments for the searcher")
+    optimizer: str = _opt(
+        "adam", "torch optimizer for gradient-trained populations", choices=("adam", "sgd", "adamw")
+    )
+    lr: float = _opt(0.01, "learning rate of that optimizer", gt=0)
+    weight_decay: float = _opt(0.0, "weight decay of that optimizer", ge=0)
+    num_actors: int | str = _opt(
+        0,
+        "parallel (Ray) actors: 0 = in-process, N, or max/num_cpus/num_gpus/num_devices",
+        ge=0,
+        choices=("max", "num_cpus", "num_gpus", "num_devices"),
+    )
+    max_chunk: int | None = _opt(
+        None, "most individuals evaluated at once (default: automatic)", ge=1
+    )
+    strategy: str = _opt(
+        "auto",
+        "batched evaluation strategy",
+        choices=("auto", "loop", "vmap", "bmm", "grouped_conv"),
+    )
+
+
+@dataclass
+class PluginsConfig:
+    """Which plugins a run must not load, and which it cannot run without."""
+
+    disable: list[str] = _opt([], "plugin names to block")
+    require: list[str] = _opt([], "plugin names that must load (an import failure is an error)")
+
+
+@dataclass
+class CheckpointConfig:
+    """When checkpoints are written into the run directory."""
+
+    every: int = _opt(0, "write a checkpoint every N generations; 0 = only at the end", ge=0)
+    keep: int = _opt(2, "number of most recent checkpoints kept", ge=1)
+
+
+@dataclass
+class RunConfig:
+    """A whole run: the top level of a config file."""
+
+    seed: int = _opt(0, "seed of every random number generator", ge=0)
+    generations: int = _opt(100, "number of generations", ge=1)
+    device: str = _opt("auto", "where the population is evaluated", choices=("auto", "cpu", "cuda"))
+    eval_every: int = _opt(10, "evaluate on the validation split every N generations", ge=1)
+    reporters: list[str] = _opt(["jsonl", "tensorboard"], "reporter names")
+    data: DataConfig = _opt(DataConfig, "the dataset")
+    model: ModelConfig = _opt(ModelConfig, "the architecture")
+    trainer: TrainerConfig = _opt(TrainerConfig, "the search / training")
+    plugins: PluginsConfig = _opt(PluginsConfig, "plugin selection")
+    checkpoint: CheckpointConfig = _opt(CheckpointConfig, "checkpointing")
+    extra: dict[str, Any] = _opt({}, "free-form tables for third-party plugins: [extra.NAME]")
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: one generic walker over dataclass fields and type hints
+# ---------------------------------------------------------------------------------------------
+
+_T = TypeVar("_T")
+_NoneType = type(None)
+_BOUNDS: dict[str, Callable[[Any, Any], bool]] = {
+    "ge": operator.ge,
+    "gt": operator.gt,
+    "le": operator.le,
+    "lt": operator.lt,
+}
+_SINGULAR = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+_PLURAL = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
+
+
+def config_from_dict(d: Mapping[str, Any]) -> RunConfig:
+    """Validate a parsed TOML document (nested mappings) into a :class:`RunConfig`.
+
+    Missing keys take their defaults; the input is not modified and never aliased.
+    """
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"a run config must be a table of keys, got {_show(d)}")
+    return _build(RunConfig, d, "")
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _build(cls: type[_T], table: Mapping[str, Any], prefix: str) -> _T:
+    """One section: every key must be a field of ``cls``; ``prefix`` is its dotted path + '.'."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs = {}
+    for key, value in table.items():
+        if key not in fields:
+            raise ConfigError(_unknown_key(cls, str(key), prefix))
+        kwargs[key] = _convert(value, _hints(cls)[key], prefix + key, fields[key].metadata)
+    return cls(**kwargs)
+
+
+def _convert(
+    value: Any, tp: Any, path: str, meta: Mapping[str, Any], others: Sequence[Any] = ()
+) -> Any:
+    """Check ``value`` against type ``tp`` and the field's constraints; return a fresh copy.
+
+    ``others``: the other arms of the union ``tp`` was picked from, named when a choice is wrong.
+    """
+    if not _accepts(value, tp):
+        raise ConfigError(f"{path} = {_show(value)}: expected {_describe(tp)}")
+    if _is_union(tp):
+        if value is None:
+            return None
+        arm = next(a for a in typing.get_args(tp) if a is not _NoneType and _accepts(value, a))
+        others = [a for a in typing.get_args(tp) if a not in (arm, _NoneType)]
+        return _convert(value, arm, path, meta, others)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path + ".")  # type: ignore[arg-type]
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return [_convert(v, item, f"{path}[{i}]", meta) for i, v in enumerate(value)]
+    if origin is dict or tp is Any:
+        return copy.deepcopy(dict(value) if origin is dict else value)
+    return _check(float(value) if tp is float else value, path, meta, others)
+
+
+def _check(value: Any, path: str, meta: Mapping[str, Any], others: Sequence[Any]) -> Any:
+    """Apply the field's range (to numbers) and choices (to strings)."""
+    choices = meta.get("choices")
+    if isinstance(value, str) and choices is not None and value not in choices:
+        alt = "".join(f" or {_describe(a)} {_range_text(meta)}".rstrip() for a in others)
+        raise ConfigError(
+            f"{path} = {_show(value)}: must be one of {', '.join(choices)}{alt}"
+            f"{_did_you_mean(value, choices)}"
+        )
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    # written as `not op(...)` so that NaN fails every bound
+    if is_number and any(not op(value, meta[k]) for k, op in _BOUNDS.items() if k in meta):
+        raise ConfigError(f"{path} = {_show(value)}: must be {_range_text(meta)}")
+    return value
+
+
+def _accepts(value: Any, tp: Any) -> bool:
+    """Shallow type check: TOML types, int accepted for float, bool never taken for a number."""
+    if tp is Any:
+        return True
+    if _is_union(tp):
+        return any(_accepts(value, a) for a in typing.get_args(tp))
+    origin = typing.get_origin(tp)
+    if origin is list:
+        return isinstance(value, (list, tuple))
+    if origin is dict or dataclasses.is_dataclass(tp):
+        return isinstance(value, Mapping) and all(isinstance(k, str) for k in value)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _is_union(tp: Any) -> bool:
+    return typing.get_origin(tp) in (Union, types.UnionType)
+
+
+def _describe(tp: Any) -> str:
+    if _is_union(tp):
+        return " or ".join(_describe(a) for a in typing.get_args(tp) if a is not _NoneType)
+    if typing.get_origin(tp) is list:
+        return f"a list of {_PLURAL.get(typing.get_args(tp)[0], 'values')}"
+    if typing.get_origin(tp) is dict or dataclasses.is_dataclass(tp):
+        return "a table"
+    return _SINGULAR.get(tp, "any value")
+
+
+def _range_text(meta: Mapping[str, Any]) -> str:
+    """'>= 0', '> 0', 'in [0, 0.9)', ... or '' when the field has no bounds."""
+    lo = next(((k, meta[k]) for k in ("ge", "gt") if k in meta), None)
+    hi = next(((k, meta[k]) for k in ("le", "lt") if k in meta), None)
+    if lo and hi:
+        return f"in {'[' if lo[0] == 'ge' else '('}{lo[1]}, {hi[1]}{']' if hi[0] == 'le' else ')'}"
+    symbols = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    return " ".join(f"{symbols[b[0]]} {b[1]}" for b in (lo, hi) if b)
+
+
+def _unknown_key(cls: type, key: str, prefix: str) -> str:
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    # a key put in the wrong section ('popsize' at the top level) is a common slip
+    elsewhere = [
+        f"{prefix}{name}.{key}"
+        for name, tp in _hints(cls).items()
+        if dataclasses.is_dataclass(tp) and key in _hints(tp)
+    ]
+    hint = (
+        f" (did you mean {' or '.join(map(repr, elsewhere))}?)"
+        if elsewhere
+        else _did_you_mean(key, names)
+    )
+    where = f"in [{prefix[:-1]}]" if prefix else "at the top level"
+    return f"unknown key {prefix + key!r}{hint}; allowed keys {where}: {', '.join(names)}"
+
+
+def _did_you_mean(word: str, options: Sequence[str]) -> str:
+    lowered = {o.lower(): o for o in options}
+    close = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+    return f" (did you mean {lowered[close[0]]!r}?)" if close else ""
+
+
+def _show(value: Any) -> str:
+    """The value as in an error message: repr (always one line), cut when long."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading: files, text, overrides
+# ---------------------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read a TOML run config, apply ``key=value`` overrides (dotted keys), validate it.
+
+    An override's value is parsed as a TOML value (``model.hidden=[64,32]``, ``trainer.lr=0.1``),
+    falling back to a plain string (``data.name=mnist``); quote it to force a string
+    (``data.name='"true"'``).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config path is a directory, not a TOML file: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read config file {path}: {_one_line(err)}") from err
+    return loads_config(text, overrides, source=str(path))
+
+
+def loads_config(
+    text: str, overrides: Sequence[str] = (), *, source: str = "<string>"
+) -> RunConfig:
+    """Like :func:`load_config`, from TOML text; ``source`` names it in syntax errors."""
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{source}: invalid TOML: {_one_line(err)}") from err
+    if isinstance(overrides, str):  # a lone "k=v" would otherwise be split into characters
+        overrides = [overrides]
+    for item in overrides:
+        _apply_override(table, item)
+    return config_from_dict(table)
+
+
+def _apply_override(table: dict[str, Any], item: str) -> None:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(
+            f"malformed override {item!r}: expected KEY=VALUE, e.g. trainer.popsize=128"
+        )
+    parts = _parse_key(key.strip(), item)
+    node = table
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(
+                f"override {item!r}: {'.'.join(parts[: depth + 1])} = {_show(child)} is not a table"
+            )
+        node = child
+    node[parts[-1]] = _parse_value(raw.strip())
+
+
+def _parse_key(key: str, item: str) -> list[str]:
+    """'trainer.popsize' -> ['trainer', 'popsize'], with TOML's rules (quoted parts allowed)."""
+    try:
+        doc: Any = tomllib.loads(f"{key} = 0")
+    except tomllib.TOMLDecodeError:
+        raise ConfigError(f"malformed override {item!r}: {key!r} is not a (dotted) key") from None
+    parts = []
+    while isinstance(doc, dict):
+        ((part, doc),) = doc.items()
+        parts.append(part)
+    return parts
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        doc = tomllib.loads(f"v = {raw}")
+    except tomllib.TOMLDecodeError:
+        return raw
+    return doc["v"] if len(doc) == 1 else raw
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing: the resolved config of a run directory
+# ---------------------------------------------------------------------------------------------
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A config dataclass as nested plain dicts (a deep copy; None values kept)."""
+    if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
+        raise TypeError(
+            f"config_to_dict expects a config dataclass instance, got {type(cfg).__name__}"
+        )
+    return dataclasses.asdict(cfg)
+
+
+def dump_toml(cfg: Any) -> str:
+    """TOML text for a config dataclass or a mapping; None values are omitted.
+
+    ``loads_config(dump_toml(cfg)) == cfg`` for every valid :class:`RunConfig` (no Optional field
+    has a non-None default, so omitting None loses nothing).
+    """
+    data = config_to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+    if not isinstance(data, Mapping):
+        raise TypeError(
+            f"dump_toml expects a config dataclass or a mapping, got {type(cfg).__name__}"
+        )
+    lines: list[str] = []
+    _write_table(lines, [], data)
+    return "\n".join(lines) + "\n"
+
+
+def _write_table(lines: list[str], path: list[str], table: Mapping[str, Any]) -> None:
+    """Key/value lines first, then one [header] per non-empty sub-table (empty ones stay inline)."""
+    inline = [
+        (k, v) for k, v in table.items() if v is not None and not (isinstance(v, Mapping) and v)
+    ]
+    nested = [(k, v) for k, v in table.items() if isinstance(v, Mapping) and v]
+    if inline and path:
+        lines += [""] if lines else []
+        lines.append(f"[{'.'.join(map(_toml_key, path))}]")
+    lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in inline]
+    for key, sub in nested:
+        _write_table(lines, [*path, key], sub)
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\b": "\\b",
+    "\t": "\\t",
+    "\n": "\\n",
+    "\f": "\\f",
+    "\r": "\\r",
+}
+
+
+def _toml_key(key: Any) -> str:
+    if not isinstance(key, str):
+        raise ConfigError(f"cannot write key {_show(key)} as TOML: keys must be strings")
+    return key if _BARE_KEY.fullmatch(key) else _toml_string(key)
+
+
+def _toml_string(text: str) -> str:
+    def escape(c: str) -> str:
+        if c in _ESCAPES:
+            return _ESCAPES[c]
+        return f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7F else c
+
+    return '"' + "".join(map(escape, text)) + '"'
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return repr(value) if math.isfinite(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(map(_toml_value, value)) + "]"
+    if isinstance(value, Mapping):
+        items = (f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None)
+        return "{" + ", ".join(items) + "}"
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    raise ConfigError(f"cannot write {_show(value)} ({type(value).__name__}) as TOML")

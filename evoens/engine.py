@@ -1,0 +1,104 @@
+"""The generation loop: one hook call per phase, nothing else.
+
+:func:`execute` builds a :class:`Run` from a validated config (every component chosen by
+provider name), calls ``evoens_run_start``, hands the loop to ``evoens_run_loop`` and writes
+``summary.json``. The default loop below is an ordinary ``trylast`` hookimpl, so a plugin can
+replace it; logging, checkpoints and progress bars are plugins too, never inline here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from evoens import hookimpl
+from evoens.config import RunConfig, dump_toml
+from evoens.errors import PluginError, UserError
+from evoens.manager import PluginManager, plugin_for_exception
+from evoens.run import Run, build_run, final_evaluation
+
+log = logging.getLogger("evoens")
+
+
+def as_number(value: Any) -> Any:
+    """Statistics stay tensors on the device during a generation; convert once, for reports."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    return value
+
+
+def call_reporters(run: Run, generation: int, stats: dict[str, Any]) -> None:
+    """``evoens_report`` with fault isolation: a failing reporter is named and the run goes on.
+
+    Each implementation is called on its own (wrappers of ``evoens_report`` do not apply)."""
+    args = {"run": run, "generation": generation, "stats": stats}
+    for impl in run.hook.evoens_report.get_hookimpls():
+        try:
+            impl.function(*[args[name] for name in impl.argnames])
+        except Exception as exc:  # a broken reporter must not cost the user their run
+            run.summary.setdefault("reporter_errors", []).append(f"{impl.plugin_name}: {exc!r}")
+            log.warning("reporter plugin '%s' failed at generation %d: %r; the run continues",
+                        impl.plugin_name, generation, exc)
+
+
+@hookimpl(trylast=True)
+def evoens_run_loop(run: Run) -> dict[str, Any]:
+    """The default loop: ask/variation, evaluate and tell happen inside ``trainer.step``."""
+    stats: dict[str, Any] = {}
+    best = float("-inf")
+    for generation in range(run.generation, run.config.generations):
+        run.hooks.generation = generation
+        run.hook.evoens_generation_start(run=run, generation=generation)
+        stats = {k: as_number(v) for k, v in run.trainer.step(generation).items()}
+        run.generation = generation + 1
+        best = max(best, stats["best_fitness"])
+        call_reporters(run, generation, stats)
+        if run.hook.evoens_should_stop(run=run, generation=generation, stats=stats):
+            break
+    return {"generations": run.generation, "best_fitness": best, "final_stats": stats}
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.replace(path)
+
+
+def _call(run: Run, hookname: str, /, **kwargs: Any) -> Any:
+    """Call a hook; a plugin that raises stops the run with its name (a PluginError)."""
+    try:
+        return getattr(run.hook, hookname)(**kwargs)
+    except UserError:
+        raise
+    except Exception as exc:
+        culprit = plugin_for_exception(run.pm, hookname, exc)
+        if culprit is None:
+            raise
+        raise PluginError(f"plugin '{culprit}' failed in {hookname}: {type(exc).__name__}: {exc}") from exc
+
+
+def execute(config: RunConfig, out_dir: str | Path, pm: PluginManager) -> dict[str, Any]:
+    """Run ``config`` into ``out_dir`` and return the summary (also ``out_dir/summary.json``)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pm.hook.evoens_configure.call_historic(kwargs={"config": config})
+    (out / "config.toml").write_text(dump_toml(config))
+    run = build_run(config, out, pm)
+    _call(run, "evoens_run_start", run=run)
+    result = _call(run, "evoens_run_loop", run=run) or {}
+    summary = {**result, **final_evaluation(run)}
+    for extra in reversed(_call(run, "evoens_summary", run=run)):
+        summary.update(extra or {})
+    summary["wall_seconds"] = time.perf_counter() - run.started
+    summary.update(run.summary)
+    run.summary = summary
+    write_json_atomic(out / "summary.json", summary)
+    _call(run, "evoens_run_end", run=run, summary=summary)
+    return summary
+
+
+__all__ = ["Run", "execute", "evoens_run_loop"]

@@ -1,0 +1,22 @@
+"""User-facing errors: each one prints as ONE line saying what is wrong and how to fix it.
+
+The CLI turns any :class:`UserError` into ``evoens: error: <message>`` and exit code 2;
+tracebacks are shown only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Base of every error caused by input the user controls (configs, data, plugins, run dirs)."""
+
+
+class PluginError(UserError):
+    """A plugin is broken: it failed to import, names an unknown hook or argument, or raised."""
+
+
+class RegistryError(UserError, KeyError):
+    """An unknown or duplicate provider name."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

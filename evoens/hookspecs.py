@@ -1,0 +1,177 @@
+"""The evoens contract: every hook a plugin may implement, in the order a run calls them.
+
+Read top to bottom, this file is the table of contents of a run::
+
+    configure            evoens_addhooks, evoens_configure
+    register providers   evoens_register_providers
+    run start            evoens_run_start, evoens_run_loop
+    per generation       evoens_generation_start
+                           ask/variation  -> evoens_after_ask
+                           evaluate       -> evoens_evaluate, evoens_after_evaluate
+                           tell/update    -> evoens_after_tell
+                           report         -> evoens_report, evoens_should_stop
+    run end              evoens_summary, evoens_run_end
+
+Plugins implement hooks with ``from evoens import hookimpl``. A hookimpl may take any subset
+of a spec's arguments, by name. Calling conventions are chosen per hook: ``firstresult`` where
+one plugin provides "the one X", a list where many contribute, ``historic`` for configuration
+that late-registered plugins must still see. Any hook can be wrapped with
+``@hookimpl(wrapper=True)`` for cross-cutting concerns (timing, ``torch.no_grad``).
+
+This module imports nothing at run time but pluggy; the types it names live in the core.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterable
+
+import pluggy
+
+if TYPE_CHECKING:  # pragma: no cover - names for the type hints only
+    import torch
+
+    from evoens.config import RunConfig
+    from evoens.run import Run
+    from evoens.population import Population
+    from evoens.registry import Provider
+
+hookspec = pluggy.HookspecMarker("evoens")
+
+
+# --------------------------------------------------------------------------------------------
+# configure
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec(historic=True)
+def evoens_addhooks(pluginmanager: pluggy.PluginManager) -> None:
+    """Add hook specifications of a plugin's own (``pluginmanager.add_hookspecs(module)``).
+
+    Called once, right after a plugin is registered (historic: plugins registered later see it
+    too). Return nothing.
+    """
+
+
+@hookspec(historic=True)
+def evoens_configure(config: RunConfig) -> None:
+    """Read or adjust the validated run config before anything is built.
+
+    Called once per run, before providers are resolved (historic). ``config`` may be modified
+    in place; plugin-specific settings live in ``config.extra[<plugin>]``. Return nothing.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# register providers
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def evoens_register_providers() -> Iterable[Provider]:
+    """Contribute named providers: searchers, trainers, models, datasets, fitness evaluators,
+    reporters, weight generators, gradient estimators, mutation operators, benchmark suites.
+
+    Called once per plugin manager when the registry is built. Return (or yield) any number of
+    :class:`evoens.registry.Provider`; configs and the CLI select them by ``(kind, name)``. A
+    name registered twice for one kind is an error naming both plugins.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# run start
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def evoens_run_start(run: Run) -> None:
+    """The run is built (data, population, trainer, reporters) and about to loop.
+
+    Called once per run, also on resume (``run.generation`` then is > 0). Return nothing.
+    """
+
+
+@hookspec(firstresult=True)
+def evoens_run_loop(run: Run) -> dict[str, Any] | None:
+    """Drive the generations of ``run`` and return its result (firstresult).
+
+    The default loop (``evoens.engine``) is itself a ``trylast`` hookimpl: a plugin that
+    returns a non-None dict replaces it. The result dict is merged into ``summary.json``.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# per generation: ask/variation -> evaluate -> tell/update -> report
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def evoens_generation_start(run: Run, generation: int) -> None:
+    """A generation begins (``generation`` counts from 0). Return nothing."""
+
+
+@hookspec
+def evoens_after_ask(run: Run, generation: int, values: torch.Tensor) -> None:
+    """Candidates exist and are about to be evaluated: the variation phase.
+
+    ``values`` is the ``(P, D)`` flat population (EvoTorch's sampled solutions, or the gradient
+    trainer's current parameters); a plugin may modify it in place (clip, binarize, mutate).
+    Called in the main process, once per evaluation. Return nothing.
+    """
+
+
+@hookspec(firstresult=True)
+def evoens_evaluate(
+    run: Run, population: Population, batch: tuple[torch.Tensor, torch.Tensor]
+) -> torch.Tensor | None:
+    """Return the fitness of every member of ``population`` on ``batch`` (firstresult).
+
+    ``population.forward`` runs all P networks in one batched call; ``batch`` is ``(x, y)``.
+    Return a ``(P,)`` tensor, higher is better, on the population's device (no host sync).
+    It must stay differentiable: the gradient trainer maximises it with a torch optimizer.
+    The core's implementation applies the configured fitness evaluator.
+    """
+
+
+@hookspec
+def evoens_after_evaluate(run: Run, generation: int, fitness: torch.Tensor) -> dict[str, float] | None:
+    """Fitness of the ``(P,)`` candidates is known (NaN/inf already replaced by the worst value).
+
+    Return an optional dict of extra statistics to report for this generation.
+    """
+
+
+@hookspec
+def evoens_after_tell(run: Run, generation: int, stats: dict[str, float]) -> dict[str, float] | None:
+    """The search distribution or the optimizer has been updated with the fitness.
+
+    ``stats`` holds this generation's statistics so far (best/mean/median fitness, ...).
+    Return an optional dict of extra statistics (merged into ``stats``).
+    """
+
+
+@hookspec
+def evoens_report(run: Run, generation: int, stats: dict[str, float]) -> None:
+    """Publish one generation's statistics (logs, TensorBoard, progress bars).
+
+    A reporter that raises is reported and the run continues. Return nothing.
+    """
+
+
+@hookspec(firstresult=True)
+def evoens_should_stop(run: Run, generation: int, stats: dict[str, float]) -> bool | None:
+    """Return True to end the run after this generation (early stopping); None to go on."""
+
+
+# --------------------------------------------------------------------------------------------
+# run end
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def evoens_summary(run: Run) -> dict[str, Any] | None:
+    """Contribute entries to ``summary.json`` (called once, after the loop). Return a dict."""
+
+
+@hookspec
+def evoens_run_end(run: Run, summary: dict[str, Any]) -> None:
+    """The run is over and ``summary`` is final (already written). Close files. Return nothing."""

@@ -1,0 +1,274 @@
+"""The plugin manager: the contract, the installed plugins, and the checks between them.
+
+Plugins are found through the entry-point group ``evoens`` (built-ins included, exactly like a
+third-party package), plus optional ``*.py`` files of a ``--plugins-dir`` and objects passed in
+by code. Each is validated before it is registered, so a misspelled hook or an argument the
+contract does not have fails at start-up with one line naming the plugin. A plugin that fails to
+import is reported and skipped (unless required). ``-p no:NAME`` or ``EVOENS_DISABLE_PLUGINS``
+block plugins by name; ``EVOENS_TRACE_PLUGINS=1`` prints every hook call to stderr.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import inspect
+import logging
+import os
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pluggy
+
+from evoens import hookspecs
+from evoens.errors import PluginError, UserError
+from evoens.registry import Registry
+
+GROUP = "evoens"
+DISABLE_ENV = "EVOENS_DISABLE_PLUGINS"
+TRACE_ENV = "EVOENS_TRACE_PLUGINS"
+PREFIX = "evoens_"
+
+log = logging.getLogger("evoens")
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """Where a plugin came from; ``error`` is set for one that could not be loaded."""
+
+    name: str
+    dist: str | None = None
+    version: str | None = None
+    error: str | None = None
+
+    @property
+    def label(self) -> str:
+        origin = f" ({self.dist} {self.version})" if self.dist else ""
+        return f"plugin '{self.name}'{origin}"
+
+
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager with evoens's conventions: unmarked ``evoens_*`` functions are hookimpls
+    (as pytest does for ``pytest_*``), and every registration is validated first."""
+
+    def __init__(self) -> None:
+        super().__init__(GROUP)
+        self.add_hookspecs(hookspecs)
+        self.infos: dict[str, PluginInfo] = {}
+        self.failures: list[PluginInfo] = []
+        self._registry: Registry | None = None
+
+    def parse_hookimpl_opts(self, plugin: object, name: str) -> Any:
+        opts = super().parse_hookimpl_opts(plugin, name)
+        if opts is None and name.startswith(PREFIX) and inspect.isroutine(getattr(plugin, name, None)):
+            opts = {}  # pluggy fills in the defaults
+        return opts
+
+    def register(self, plugin: object, name: str | None = None, info: PluginInfo | None = None) -> str | None:
+        name = name or self.get_canonical_name(plugin)
+        info = info or PluginInfo(name)
+        problem = _validate(self, plugin)
+        if problem:
+            raise PluginError(f"{info.label}: {problem}")
+        registered = super().register(plugin, name)
+        if registered is not None:
+            self.infos[registered] = info
+            self._registry = None
+        return registered
+
+    @property
+    def registry(self) -> Registry:
+        """All providers of all registered plugins (built lazily, rebuilt after a registration)."""
+        if self._registry is None:
+            self._registry = build_registry(self)
+        return self._registry
+
+
+def _impl_argnames(function: Any) -> list[str]:
+    """Arguments a hookimpl asks for: those without defaults (pluggy's rule), minus self."""
+    params = inspect.signature(function).parameters.values()
+    return [
+        p.name
+        for p in params
+        if p.default is inspect.Parameter.empty
+        and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        and p.name != "self"
+    ]
+
+
+def _validate(pm: PluginManager, plugin: object) -> str | None:
+    """One line describing the first contract violation of ``plugin``, or None."""
+    known = [n for n in dir(pm.hook) if n.startswith(PREFIX)]
+    for attr in dir(plugin):
+        opts = pm.parse_hookimpl_opts(plugin, attr)
+        if opts is None:
+            continue
+        hookname = opts.get("specname") or attr
+        caller = getattr(pm.hook, hookname, None)
+        spec = getattr(caller, "spec", None)
+        if spec is None:
+            if opts.get("optionalhook") or not hookname.startswith(PREFIX):
+                continue
+            close = difflib.get_close_matches(hookname, known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else "; see evoens/hookspecs.py"
+            return f"unknown hook '{hookname}'{hint}"
+        extra = [a for a in _impl_argnames(getattr(plugin, attr)) if a not in spec.argnames]
+        if extra:
+            allowed = ", ".join(spec.argnames) or "none"
+            return f"hook '{hookname}' asks for unknown argument(s) {', '.join(extra)}; it accepts: {allowed}"
+    return None
+
+
+def blocked_names(disable: Iterable[str] = (), env: Mapping[str, str] | None = None) -> set[str]:
+    """Names from ``-p no:NAME`` style options plus the ``EVOENS_DISABLE_PLUGINS`` list."""
+    env = os.environ if env is None else env
+    names = {n.removeprefix("no:").strip() for n in disable}
+    names |= {n.strip() for n in env.get(DISABLE_ENV, "").split(",")}
+    return {n for n in names if n}
+
+
+def _entry_points() -> list[metadata.EntryPoint]:
+    seen: dict[str, metadata.EntryPoint] = {}
+    for ep in metadata.entry_points(group=GROUP):
+        seen.setdefault(ep.name, ep)  # the same dist visible twice on sys.path: first wins
+    return list(seen.values())
+
+
+def _ep_info(ep: metadata.EntryPoint, error: str | None = None) -> PluginInfo:
+    dist = getattr(ep, "dist", None)
+    name = dist.metadata["Name"] if dist is not None else None
+    return PluginInfo(ep.name, name, dist.version if dist is not None else None, error)
+
+
+def _fail(pm: PluginManager, info: PluginInfo, required: bool) -> None:
+    message = f"{info.label} failed to load: {info.error}"
+    if required:
+        raise PluginError(message)
+    pm.failures.append(info)
+    log.warning("%s; skipped (it stays off until fixed)", message)
+
+
+def _load_entry_points(pm: PluginManager, blocked: set[str], require: set[str]) -> None:
+    for ep in _entry_points():
+        if ep.name in blocked or pm.has_plugin(ep.name):
+            continue
+        try:
+            plugin = ep.load()
+        except Exception as exc:  # a broken third-party plugin must not take the toolkit down
+            _fail(pm, _ep_info(ep, f"{type(exc).__name__}: {exc}"), ep.name in require)
+            continue
+        pm.register(plugin, ep.name, _ep_info(ep))
+
+
+def _load_plugins_dir(pm: PluginManager, directory: Path, blocked: set[str], require: set[str]) -> None:
+    if not directory.is_dir():
+        raise PluginError(f"--plugins-dir {directory}: not a directory")
+    for path in sorted(directory.glob("*.py")):
+        name = path.stem
+        if name in blocked or pm.has_plugin(name):
+            continue
+        spec = importlib.util.spec_from_file_location(f"evoens_local_{name}", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            _fail(pm, PluginInfo(name, str(path), None, f"{type(exc).__name__}: {exc}"), name in require)
+            continue
+        pm.register(module, name, PluginInfo(name, str(path)))
+
+
+def enable_tracing(pm: PluginManager, write: Any = None) -> None:
+    """Print every hook call (and what it returned) through ``write`` (stderr by default)."""
+    pm.trace.root.setwriter(write or sys.stderr.write)
+    pm.enable_tracing()
+
+
+def create_plugin_manager(
+    *,
+    plugins: Iterable[object | tuple[str, object]] = (),
+    disable: Iterable[str] = (),
+    require: Iterable[str] = (),
+    entry_points: bool = True,
+    plugins_dir: str | Path | None = None,
+    trace: bool | None = None,
+    env: Mapping[str, str] | None = None,
+) -> PluginManager:
+    """Build the manager for one run or command.
+
+    ``plugins`` are registered first (objects or ``(name, object)`` pairs), then the entry-point
+    group ``evoens`` and the ``plugins_dir``. A required plugin that is blocked or missing, or a
+    plugin that violates the contract, raises :class:`PluginError`.
+    """
+    env = os.environ if env is None else env
+    pm = PluginManager()
+    blocked = blocked_names(disable, env)
+    required = set(require)
+    for name in blocked:
+        pm.set_blocked(name)
+    for item in plugins:
+        name, plugin = item if isinstance(item, tuple) else (None, item)
+        pm.register(plugin, name)
+    if entry_points:
+        _load_entry_points(pm, blocked, required)
+    if plugins_dir is not None:
+        _load_plugins_dir(pm, Path(plugins_dir), blocked, required)
+    missing = sorted(n for n in required if not pm.has_plugin(n) or pm.is_blocked(n))
+    if missing:
+        raise PluginError(f"required plugin(s) not available: {', '.join(missing)}; see `evoens plugins`")
+    pm.check_pending()  # backstop: _validate already reports unknown hooks by plugin
+    pm.hook.evoens_addhooks.call_historic(kwargs={"pluginmanager": pm})
+    if trace if trace is not None else env.get(TRACE_ENV, "") not in ("", "0"):
+        enable_tracing(pm)
+    return pm
+
+
+def build_registry(pm: pluggy.PluginManager) -> Registry:
+    """Call each plugin's ``evoens_register_providers`` on its own so every provider is tagged
+    with the plugin that registered it, and a failing plugin is named."""
+    registry = Registry()
+    for impl in pm.hook.evoens_register_providers.get_hookimpls():
+        try:
+            provided = impl.function() or ()
+            for provider in provided:
+                registry.add(provider, impl.plugin_name)
+        except UserError:
+            raise
+        except Exception as exc:
+            raise PluginError(
+                f"plugin '{impl.plugin_name}' failed in evoens_register_providers: {type(exc).__name__}: {exc}"
+            ) from exc
+    return registry
+
+
+def plugin_for_exception(pm: pluggy.PluginManager, hookname: str, exc: BaseException) -> str | None:
+    """The name of the plugin whose ``hookname`` implementation raised ``exc`` (from its traceback)."""
+    impls = getattr(pm.hook, hookname).get_hookimpls()
+    codes = {getattr(i.function, "__code__", None): i.plugin_name for i in impls}
+    tb = exc.__traceback__
+    blamed = None
+    while tb is not None:
+        blamed = codes.get(tb.tb_frame.f_code, blamed)
+        tb = tb.tb_next
+    return blamed
+
+
+def describe_plugins(pm: PluginManager) -> list[dict[str, Any]]:
+    """For ``evoens plugins``: name, distribution, version, hooks and providers of each plugin."""
+    rows = []
+    for name, plugin in sorted(pm.list_name_plugin(), key=lambda item: item[0]):
+        if plugin is None:
+            continue
+        info = pm.infos.get(name, PluginInfo(name))
+        hooks = sorted(caller.name for caller in pm.get_hookcallers(plugin) or [])
+        providers = [f"{p.kind}:{p.name}" for p in pm.registry.by_plugin(name)]
+        rows.append({"name": name, "distribution": info.dist, "version": info.version,
+                     "hooks": hooks, "providers": providers, "error": None})
+    for info in pm.failures:
+        rows.append({"name": info.name, "distribution": info.dist, "version": info.version,
+                     "hooks": [], "providers": [], "error": info.error})
+    return rows

@@ -1,0 +1,98 @@
+"""Named providers, contributed by plugins through ``evoens_register_providers``.
+
+Configs and the CLI choose every component by name (``trainer.searcher = "snes"``); this module
+holds the table from ``(kind, name)`` to a factory, and makes an unknown or duplicate name a
+clear one-line error that lists the known names.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+from evoens.errors import RegistryError
+
+#: Every kind of provider the core knows. Plugins may use other kinds too (checked by name only).
+KINDS: tuple[str, ...] = (
+    "trainer",  # drives one generation: evolution (EvoTorch searchers), gradient (torch optimizers)
+    "searcher",  # an EvoTorch SearchAlgorithm factory: snes, xnes, pgpe, cmaes, cem, ga
+    "model",  # architecture builders: mlp, convnet
+    "dataset",  # DataSplits loaders: digits, mnist, gaussian, ...
+    "fitness",  # (P, B, C) outputs + (B,) targets -> (P,) fitness, higher is better
+    "reporter",  # per-generation statistics sinks: jsonl, tensorboard, progress
+    "weight_generator",  # hypernetworks emitting population weights
+    "grad_estimator",  # STE / NES / CDG gradient estimators
+    "mutation",  # function-preserving or random mutation operators
+    "benchmark",  # `evoens bench NAME` suites
+)
+
+
+@dataclass(frozen=True)
+class Provider:
+    """One named provider. ``factory`` builds it; its signature depends on the kind."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    description: str = ""
+    plugin: str = ""  # filled in by the registry: the plugin that registered it
+
+
+def _did_you_mean(name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+class Registry:
+    """``(kind, name) -> Provider``, filled once from all plugins."""
+
+    def __init__(self) -> None:
+        self._providers: dict[tuple[str, str], Provider] = {}
+
+    def add(self, provider: Provider, plugin: str = "") -> None:
+        """Register ``provider`` on behalf of ``plugin``; a duplicate name is an error."""
+        if not isinstance(provider, Provider):
+            raise RegistryError(
+                f"plugin '{plugin}' registered {provider!r}: evoens_register_providers must "
+                "return evoens.Provider objects"
+            )
+        key = (provider.kind, provider.name)
+        if key in self._providers:
+            other = self._providers[key].plugin
+            raise RegistryError(
+                f"{provider.kind} '{provider.name}' is registered twice: by plugin '{other}' and "
+                f"by plugin '{plugin}'; disable one of them with -p no:NAME"
+            )
+        self._providers[key] = replace(provider, plugin=plugin)
+
+    def get(self, kind: str, name: str) -> Provider:
+        """The provider ``name`` of ``kind``; unknown names raise with the known ones listed."""
+        try:
+            return self._providers[(kind, name)]
+        except KeyError:
+            known = self.names(kind)
+            listing = ", ".join(known) if known else "none registered"
+            raise RegistryError(
+                f"unknown {kind} '{name}'{_did_you_mean(name, known)}; known: {listing}"
+            ) from None
+
+    def create(self, kind: str, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Shorthand for ``get(kind, name).factory(*args, **kwargs)``."""
+        return self.get(kind, name).factory(*args, **kwargs)
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(name for k, name in self._providers if k == kind)
+
+    def by_plugin(self, plugin: str) -> list[Provider]:
+        return sorted(
+            (p for p in self._providers.values() if p.plugin == plugin),
+            key=lambda p: (p.kind, p.name),
+        )
+
+    def __iter__(self) -> Iterator[Provider]:
+        return iter(sorted(self._providers.values(), key=lambda p: (p.kind, p.name)))
+
+    def __len__(self) -> int:
+        return len(self._providers)

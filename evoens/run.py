@@ -1,0 +1,106 @@
+"""A run: what it holds, how it is assembled from providers, and how its result is judged.
+
+Every component is looked up by name in the registry that plugins fill, so the core has no
+branch per dataset, model, trainer or searcher.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from evoens.config import RunConfig
+from evoens.datasets import Batcher, DataSplits, Split
+from evoens.errors import UserError
+from evoens.fitness import accuracy
+from evoens.manager import PluginManager
+from evoens.population import Population
+
+
+@dataclass
+class Run:
+    """Everything one run holds; plugins receive it as the ``run`` argument of every hook."""
+
+    config: RunConfig
+    pm: PluginManager
+    out_dir: Path
+    device: torch.device
+    data: DataSplits
+    template: nn.Module
+    batcher: Batcher
+    fitness_fn: Any = None
+    trainer: Any = None
+    hooks: Any = None
+    generation: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    summary: dict[str, Any] = field(default_factory=dict)
+    plugin_state: dict[str, Any] = field(default_factory=dict)  # plugins keep per-run objects here
+
+    @property
+    def hook(self) -> Any:
+        return self.pm.hook
+
+    @property
+    def registry(self) -> Any:
+        return self.pm.registry
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without it is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device = '{name}' but no CUDA device is available; use device = 'cpu' or 'auto'")
+    return torch.device(name)
+
+
+def build_run(config: RunConfig, out_dir: Path, pm: PluginManager) -> Run:
+    """Data, model template, batcher, fitness and trainer, each from its named provider."""
+    from evoens.bridge import PluggyHooks  # bridge imports population; keep run importable alone
+
+    torch.manual_seed(config.seed)
+    registry = pm.registry
+    device = resolve_device(config.device)
+    data = registry.create("dataset", config.data.name, config.data, config.seed).to(device)
+    template = registry.create("model", config.model.name, data.input_shape, data.num_classes, config.model)
+    run = Run(config, pm, out_dir, device, data, template.to(device), Batcher(data.train, config.data.batch_size, config.seed))
+    run.fitness_fn = registry.create("fitness", config.trainer.fitness)
+    run.hooks = PluggyHooks(run)
+    run.trainer = registry.create("trainer", config.trainer.name, run)
+    return run
+
+
+def split_accuracy(population: Population, split: Split, chunk: int = 1024) -> torch.Tensor:
+    """Accuracy of every member on a whole split, in data chunks to bound memory: ``(P,)``."""
+    hits = torch.zeros(population.size, device=split.x.device)
+    with torch.no_grad():
+        for start in range(0, len(split.y), chunk):
+            x, y = split.x[start : start + chunk], split.y[start : start + chunk]
+            hits += accuracy(population(x), y) * len(y)  # (P,)
+    return hits / max(len(split.y), 1)
+
+
+def candidate_accuracies(run: Run) -> dict[str, Any]:
+    """Validation and test accuracy of the trainer's candidates; the one with the best
+    validation accuracy (training accuracy when there is no validation split) is selected."""
+    names, vectors = zip(*run.trainer.candidates().items())
+    population = Population(run.template, torch.stack(vectors), strategy=run.config.trainer.strategy)
+    judge = run.data.val if len(run.data.val.y) else run.data.train
+    val = split_accuracy(population, judge)  # (K,)
+    pick = int(val.argmax())
+    test = split_accuracy(population.with_flat(population.flat[pick : pick + 1]), run.data.test)
+    return {"selected": names[pick], "val_accuracy": float(val[pick]), "test_accuracy": float(test[0])}
+
+
+def final_evaluation(run: Run) -> dict[str, Any]:
+    """Summary entries the core computes after the loop."""
+    plugins = [{"name": n, "version": i.version} for n, i in sorted(run.pm.infos.items())]
+    result: dict[str, Any] = {"plugins": plugins, "seed": run.config.seed, "device": str(run.device)}
+    if run.data.num_classes > 0:
+        result.update(candidate_accuracies(run))
+    return result
