@@ -1,0 +1,113 @@
+"""The ``evoens`` command as a user meets it: exit codes, one-line errors, real runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from evoens import __version__
+from evoens.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = """
+seed = 1
+generations = 3
+eval_every = 1
+reporters = ["jsonl", "tensorboard"]
+[data]
+name = "digits"
+batch_size = 256
+[model]
+hidden = [8]
+[trainer]
+searcher = "snes"
+popsize = 8
+"""
+
+
+def _config(tmp_path: Path, text: str = TINY) -> Path:
+    path = tmp_path / "run.toml"
+    path.write_text(text)
+    return path
+
+
+def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("evoens: error: ")
+    return err[0]
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"evoens {__version__}"
+
+
+def test_run_writes_a_run_directory(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert main(["run", str(_config(tmp_path)), "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("best_fitness", "test_accuracy", "generations", "wall_seconds", "plugins"):
+        assert key in summary
+    assert summary["generations"] == 3
+    assert {p["name"] for p in summary["plugins"]} >= {"core", "loop", "searchers", "reporters"}
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    assert "popsize = 8" in (out / "config.toml").read_text()
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--set", "trainer.popsze=3"], "unknown key 'trainer.popsze' (did you mean 'popsize'?)"),
+        (["--set", "trainer.searcher=snse"], "unknown searcher 'snse' (did you mean 'snes'?)"),
+        (["--set", "trainer.lr=-1"], "trainer.lr = -1.0: must be > 0"),
+        (["--set", "data.name=digitz"], "unknown dataset 'digitz' (did you mean 'digits'?)"),
+        (["-p", "no:searchers"], "unknown searcher 'snes'; known: none registered"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], expected: str
+) -> None:
+    code = main(["run", str(_config(tmp_path)), "--out", str(tmp_path / "o"), *extra])
+    assert code == 2
+    assert expected in _error_line(capsys)
+
+
+def test_missing_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", str(tmp_path / "nope.toml")]) == 2
+    assert "nope.toml" in _error_line(capsys)
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    from evoens.config import ConfigError
+
+    with pytest.raises(ConfigError):
+        main(["--debug", "run", str(_config(tmp_path)), "--set", "trainer.popsze=3"])
+
+
+def test_plugins_json_lists_hooks_and_providers(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plugins", "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["searchers"]["distribution"] == "evoens" and rows["searchers"]["version"] == __version__
+    assert "searcher:snes" in rows["searchers"]["providers"]
+    assert rows["loop"]["hooks"] == ["evoens_run_loop"]
+    assert "evoens_evaluate" in rows["core"]["hooks"]
+
+
+def test_console_script_runs_as_a_module() -> None:
+    done = subprocess.run([sys.executable, "-m", "evoens", "--version"], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == f"evoens {__version__}"
+
+
+@pytest.mark.slow
+def test_quickstart_reaches_90_percent_on_digits(tmp_path: Path) -> None:
+    out = tmp_path / "qs"
+    assert main(["run", str(REPO / "examples" / "quickstart.toml"), "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["test_accuracy"] >= 0.90
