@@ -157,7 +157,8 @@ def test_flat_layout_round_trips(arch: str) -> None:
     assert [s.offset for s in slots] == [sum(t.numel for t in slots[:k]) for k in range(len(slots))]
     for i in range(pop.size):
         assert torch.equal(module_to_flat(pop.member(i)), pop.flat[i])
-    assert torch.equal(module_to_flat(pop.template), torch.cat([p.reshape(-1) for p in pop.template.parameters()]))
+    every = torch.cat([p.reshape(-1) for p in pop.template.parameters()])
+    assert torch.equal(module_to_flat(pop.template), every)
 
 
 def test_flat_layout_is_evotorch_parameter_vector() -> None:
@@ -382,13 +383,21 @@ def test_benchmark_strategies_reports_each_supported_strategy() -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("arch", ["mlp_tanh", "bn_mlp", "convnet_bn", "evojax_convnet"])
-def test_cuda_matches_cpu_loop(arch: str) -> None:
+@pytest.mark.parametrize("per_member", [False, True], ids=["shared", "per_member"])
+def test_cuda_matches_cpu_loop(monkeypatch: pytest.MonkeyPatch, arch: str, per_member: bool) -> None:
+    # cuDNN convolutions default to TF32 (10-bit mantissa): compare in true float32.
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     cpu = make_pop(arch, 6, max_chunk=4)
-    x = make_x(arch, 6, False)
-    ref = cpu(x, strategy="loop")
+    x = make_x(arch, 6, per_member)
+    ref = cpu(x, strategy="loop", per_member=per_member)
     gpu = cpu.to("cuda")
+    assert gpu.flat.is_cuda and all(b.is_cuda for b in gpu.buffers.values())
     for name in [*STRATEGIES, "auto"]:
         if name == "auto" or STRATEGIES[name].supports(gpu.template):
-            out = gpu(x.cuda(), strategy=name)
+            out = gpu(x.cuda(), strategy=name, per_member=per_member)
             assert out.device.type == "cuda"
-            assert_close(out.cpu(), ref, atol=1e-4, rtol=1e-4)  # TF32 / other kernels on GPU
+            assert_close(out.cpu(), ref, atol=1e-4, rtol=1e-4)
+    flat = gpu.flat.clone().requires_grad_(True)
+    gpu.with_flat(flat)(x.cuda(), per_member=per_member).sum().backward()
+    assert flat.grad is not None and flat.grad.is_cuda

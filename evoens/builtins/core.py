@@ -62,7 +62,7 @@ def evoens_register_providers() -> Iterator[Provider]:
     for name, (fn, description) in FITNESS.items():
         yield Provider("fitness", name, lambda fn=fn: fn, description)
     for name in DATASETS:
-        yield Provider("dataset", name, _dataset(name), f"dataset '{name}' (evoens.data)")
+        yield Provider("dataset", name, _dataset(name), f"dataset '{name}' (evoens.datasets)")
 
 
 @hookimpl(trylast=True)

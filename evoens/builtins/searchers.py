@@ -13,6 +13,7 @@ Ostermeier 2001; CEM — Rubinstein 1999.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -26,7 +27,10 @@ from evoens import Provider, hookimpl
 
 def _distribution(cls: type, defaults: dict[str, Any], description: str) -> Provider:
     def factory(problem: Problem, popsize: int, options: Mapping[str, Any], center: torch.Tensor) -> Any:
-        return cls(problem, popsize=popsize, center_init=center, **{**defaults, **options})
+        with warnings.catch_warnings():  # EvoTorch's CMAES set-up mixes numpy and torch: harmless noise
+            warnings.filterwarnings("ignore", "To copy construct from a tensor", UserWarning)
+            warnings.filterwarnings("ignore", "__array_wrap__ must accept context", DeprecationWarning)
+            return cls(problem, popsize=popsize, center_init=center, **{**defaults, **options})
 
     return Provider("searcher", cls.__name__.lower(), factory, description)
 
