@@ -26,8 +26,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _plugin_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-p", dest="disable", action="append", default=[], metavar="no:NAME",
-                        help="disable the plugin NAME (repeatable); also EVOENS_DISABLE_PLUGINS=a,b")
+    parser.add_argument(
+        "-p",
+        dest="disable",
+        action="append",
+        default=[],
+        metavar="no:NAME",
+        help="disable the plugin NAME (repeatable); also EVOENS_DISABLE_PLUGINS=a,b",
+    )
     parser.add_argument("--plugins-dir", help="also load every *.py file of this directory as a plugin")
     parser.add_argument("--trace-plugins", action="store_true", help="print every hook call to stderr")
 
@@ -41,8 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a TOML config")
     run.add_argument("config", help="path of the run config (TOML)")
     run.add_argument("--out", default=None, help="run directory (default: runs/<config name>)")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config key, e.g. --set trainer.popsize=128 (repeatable)")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set trainer.popsize=128 (repeatable)",
+    )
     run.add_argument("--device", choices=["cpu", "cuda", "auto"], help="override the config's device")
     run.add_argument("--data-dir", help="directory of downloaded datasets (also EVOENS_DATA_DIR)")
     _plugin_args(run)
@@ -58,8 +70,9 @@ def _manager(args: argparse.Namespace, config: Any = None) -> Any:
 
     disable = list(args.disable) + (list(config.plugins.disable) if config else [])
     require = list(config.plugins.require) if config else []
-    return create_plugin_manager(disable=disable, require=require, plugins_dir=args.plugins_dir,
-                                 trace=args.trace_plugins or None)
+    return create_plugin_manager(
+        disable=disable, require=require, plugins_dir=args.plugins_dir, trace=args.trace_plugins or None
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -101,8 +114,9 @@ COMMANDS = {"run": cmd_run, "plugins": cmd_plugins}
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING,
-                        format="evoens: %(levelname)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.debug else logging.WARNING, format="evoens: %(levelname)s: %(message)s"
+    )
     try:
         return COMMANDS[args.command](args)
     except _user_errors() as exc:

@@ -101,9 +101,7 @@ class ModelConfig:
 
     name: str = _opt("mlp", "model provider name")
     hidden: list[int] = _opt([32], "hidden layer widths", ge=1)
-    activation: str = _opt(
-        "tanh", "hidden activation", choices=("relu", "tanh", "sigmoid", "gelu", "identity")
-    )
+    activation: str = _opt("tanh", "hidden activation", choices=("relu", "tanh", "sigmoid", "gelu", "identity"))
     options: dict[str, Any] = _opt({}, "provider-specific options, passed through unchanged")
 
 
@@ -116,9 +114,7 @@ class TrainerConfig:
     searcher: str = _opt("pgpe", "search algorithm name (e.g. snes, xnes, pgpe, cmaes, cem, ga)")
     fitness: str = _opt("neg_cross_entropy", "fitness evaluator name")
     searcher_options: dict[str, Any] = _opt({}, "keyword arguments for the searcher")
-    optimizer: str = _opt(
-        "adam", "torch optimizer for gradient-trained populations", choices=("adam", "sgd", "adamw")
-    )
+    optimizer: str = _opt("adam", "torch optimizer for gradient-trained populations", choices=("adam", "sgd", "adamw"))
     lr: float = _opt(0.01, "learning rate of that optimizer", gt=0)
     weight_decay: float = _opt(0.0, "weight decay of that optimizer", ge=0)
     num_actors: int | str = _opt(
@@ -127,9 +123,7 @@ class TrainerConfig:
         ge=0,
         choices=("max", "num_cpus", "num_gpus", "num_devices"),
     )
-    max_chunk: int | None = _opt(
-        None, "most individuals evaluated at once (default: automatic)", ge=1
-    )
+    max_chunk: int | None = _opt(None, "most individuals evaluated at once (default: automatic)", ge=1)
     strategy: str = _opt(
         "auto",
         "batched evaluation strategy",
@@ -212,9 +206,7 @@ def _build(cls: type[_T], table: Mapping[str, Any], prefix: str) -> _T:
     return cls(**kwargs)
 
 
-def _convert(
-    value: Any, tp: Any, path: str, meta: Mapping[str, Any], others: Sequence[Any] = ()
-) -> Any:
+def _convert(value: Any, tp: Any, path: str, meta: Mapping[str, Any], others: Sequence[Any] = ()) -> Any:
     """Check ``value`` against type ``tp`` and the field's constraints; return a fresh copy.
 
     ``others``: the other arms of the union ``tp`` was picked from, named when a choice is wrong.
@@ -244,8 +236,7 @@ def _check(value: Any, path: str, meta: Mapping[str, Any], others: Sequence[Any]
     if isinstance(value, str) and choices is not None and value not in choices:
         alt = "".join(f" or {_describe(a)} {_range_text(meta)}".rstrip() for a in others)
         raise ConfigError(
-            f"{path} = {_show(value)}: must be one of {', '.join(choices)}{alt}"
-            f"{_did_you_mean(value, choices)}"
+            f"{path} = {_show(value)}: must be one of {', '.join(choices)}{alt}{_did_you_mean(value, choices)}"
         )
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
     # written as `not op(...)` so that NaN fails every bound
@@ -304,11 +295,7 @@ def _unknown_key(cls: type, key: str, prefix: str) -> str:
         for name, tp in _hints(cls).items()
         if dataclasses.is_dataclass(tp) and key in _hints(tp)
     ]
-    hint = (
-        f" (did you mean {' or '.join(map(repr, elsewhere))}?)"
-        if elsewhere
-        else _did_you_mean(key, names)
-    )
+    hint = f" (did you mean {' or '.join(map(repr, elsewhere))}?)" if elsewhere else _did_you_mean(key, names)
     where = f"in [{prefix[:-1]}]" if prefix else "at the top level"
     return f"unknown key {prefix + key!r}{hint}; allowed keys {where}: {', '.join(names)}"
 
@@ -349,9 +336,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
     return loads_config(text, overrides, source=str(path))
 
 
-def loads_config(
-    text: str, overrides: Sequence[str] = (), *, source: str = "<string>"
-) -> RunConfig:
+def loads_config(text: str, overrides: Sequence[str] = (), *, source: str = "<string>") -> RunConfig:
     """Like :func:`load_config`, from TOML text; ``source`` names it in syntax errors."""
     try:
         table = tomllib.loads(text)
@@ -367,17 +352,13 @@ def loads_config(
 def _apply_override(table: dict[str, Any], item: str) -> None:
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(
-            f"malformed override {item!r}: expected KEY=VALUE, e.g. trainer.popsize=128"
-        )
+        raise ConfigError(f"malformed override {item!r}: expected KEY=VALUE, e.g. trainer.popsize=128")
     parts = _parse_key(key.strip(), item)
     node = table
     for depth, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(
-                f"override {item!r}: {'.'.join(parts[: depth + 1])} = {_show(child)} is not a table"
-            )
+            raise ConfigError(f"override {item!r}: {'.'.join(parts[: depth + 1])} = {_show(child)} is not a table")
         node = child
     node[parts[-1]] = _parse_value(raw.strip())
 
@@ -415,9 +396,7 @@ def _one_line(err: BaseException) -> str:
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     """A config dataclass as nested plain dicts (a deep copy; None values kept)."""
     if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
-        raise TypeError(
-            f"config_to_dict expects a config dataclass instance, got {type(cfg).__name__}"
-        )
+        raise TypeError(f"config_to_dict expects a config dataclass instance, got {type(cfg).__name__}")
     return dataclasses.asdict(cfg)
 
 
@@ -429,9 +408,7 @@ def dump_toml(cfg: Any) -> str:
     """
     data = config_to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg
     if not isinstance(data, Mapping):
-        raise TypeError(
-            f"dump_toml expects a config dataclass or a mapping, got {type(cfg).__name__}"
-        )
+        raise TypeError(f"dump_toml expects a config dataclass or a mapping, got {type(cfg).__name__}")
     lines: list[str] = []
     _write_table(lines, [], data)
     return "\n".join(lines) + "\n"
@@ -439,9 +416,7 @@ def dump_toml(cfg: Any) -> str:
 
 def _write_table(lines: list[str], path: list[str], table: Mapping[str, Any]) -> None:
     """Key/value lines first, then one [header] per non-empty sub-table (empty ones stay inline)."""
-    inline = [
-        (k, v) for k, v in table.items() if v is not None and not (isinstance(v, Mapping) and v)
-    ]
+    inline = [(k, v) for k, v in table.items() if v is not None and not (isinstance(v, Mapping) and v)]
     nested = [(k, v) for k, v in table.items() if isinstance(v, Mapping) and v]
     if inline and path:
         lines += [""] if lines else []

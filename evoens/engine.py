@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from evoens import hookimpl
 from evoens.config import RunConfig, dump_toml
 from evoens.errors import PluginError, UserError
@@ -41,8 +42,9 @@ def call_reporters(run: Run, generation: int, stats: dict[str, Any]) -> None:
             impl.function(*[args[name] for name in impl.argnames])
         except Exception as exc:  # a broken reporter must not cost the user their run
             run.summary.setdefault("reporter_errors", []).append(f"{impl.plugin_name}: {exc!r}")
-            log.warning("reporter plugin '%s' failed at generation %d: %r; the run continues",
-                        impl.plugin_name, generation, exc)
+            log.warning(
+                "reporter plugin '%s' failed at generation %d: %r; the run continues", impl.plugin_name, generation, exc
+            )
 
 
 @hookimpl(trylast=True)

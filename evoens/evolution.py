@@ -73,6 +73,11 @@ class PopulationProblem(Problem):
     def _nonserialized_attribs(self) -> list[str]:
         return [*super()._nonserialized_attribs, "evaluator"]
 
+    def seed(self, seed: int | None = None) -> None:
+        """EvoTorch 0.6.1's ``EvaluationActor`` calls ``problem.seed()``, which ``Problem`` lacks
+        (it has ``manual_seed``): without this alias a seeded problem cannot start Ray actors."""
+        self.manual_seed(seed)
+
     def _make_sync_data_for_actors(self) -> Any:
         return self.batch
 
@@ -128,8 +133,20 @@ class EvolutionTrainer:
         self.problem.batch = self.batcher.next()
         self.searcher.step()
         status = self.searcher.status
-        known = {"best", "center", "pop_best", "worst", "stdev", "iter", "best_eval", "pop_best_eval",
-                 "mean_eval", "median_eval", "worst_eval", "stepsize"}
+        known = {
+            "best",
+            "center",
+            "pop_best",
+            "worst",
+            "stdev",
+            "iter",
+            "best_eval",
+            "pop_best_eval",
+            "mean_eval",
+            "median_eval",
+            "worst_eval",
+            "stepsize",
+        }
         extras = {k: v for k, v in dict(status).items() if k not in known}  # from hooks
         return {**self._stats(), **extras}
 

@@ -23,7 +23,8 @@ This module imports nothing at run time but pluggy; the types it names live in t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -31,9 +32,9 @@ if TYPE_CHECKING:  # pragma: no cover - names for the type hints only
     import torch
 
     from evoens.config import RunConfig
-    from evoens.run import Run
     from evoens.population import Population
     from evoens.registry import Provider
+    from evoens.run import Run
 
 hookspec = pluggy.HookspecMarker("evoens")
 
@@ -120,9 +121,7 @@ def evoens_after_ask(run: Run, generation: int, values: torch.Tensor) -> None:
 
 
 @hookspec(firstresult=True)
-def evoens_evaluate(
-    run: Run, population: Population, batch: tuple[torch.Tensor, torch.Tensor]
-) -> torch.Tensor | None:
+def evoens_evaluate(run: Run, population: Population, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor | None:
     """Return the fitness of every member of ``population`` on ``batch`` (firstresult).
 
     ``population.forward`` runs all P networks in one batched call; ``batch`` is ``(x, y)``.

@@ -266,9 +266,25 @@ def describe_plugins(pm: PluginManager) -> list[dict[str, Any]]:
         info = pm.infos.get(name, PluginInfo(name))
         hooks = sorted(caller.name for caller in pm.get_hookcallers(plugin) or [])
         providers = [f"{p.kind}:{p.name}" for p in pm.registry.by_plugin(name)]
-        rows.append({"name": name, "distribution": info.dist, "version": info.version,
-                     "hooks": hooks, "providers": providers, "error": None})
+        rows.append(
+            {
+                "name": name,
+                "distribution": info.dist,
+                "version": info.version,
+                "hooks": hooks,
+                "providers": providers,
+                "error": None,
+            }
+        )
     for info in pm.failures:
-        rows.append({"name": info.name, "distribution": info.dist, "version": info.version,
-                     "hooks": [], "providers": [], "error": info.error})
+        rows.append(
+            {
+                "name": info.name,
+                "distribution": info.dist,
+                "version": info.version,
+                "hooks": [],
+                "providers": [],
+                "error": info.error,
+            }
+        )
     return rows

@@ -31,7 +31,10 @@ def mlp(input_shape: tuple[int, ...], num_outputs: int, hidden: list[int], activ
 
 
 def convnet(
-    input_shape: tuple[int, ...], num_outputs: int, channels: tuple[int, ...] = (8, 16), kernel: int = 5,
+    input_shape: tuple[int, ...],
+    num_outputs: int,
+    channels: tuple[int, ...] = (8, 16),
+    kernel: int = 5,
     activation: str = "relu",
 ) -> nn.Sequential:
     """The EvoJAX MNIST ConvNet by default: conv5x5 1->8, pool, conv5x5 8->16, pool, dense.

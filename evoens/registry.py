@@ -74,9 +74,7 @@ class Registry:
         except KeyError:
             known = self.names(kind)
             listing = ", ".join(known) if known else "none registered"
-            raise RegistryError(
-                f"unknown {kind} '{name}'{_did_you_mean(name, known)}; known: {listing}"
-            ) from None
+            raise RegistryError(f"unknown {kind} '{name}'{_did_you_mean(name, known)}; known: {listing}") from None
 
     def create(self, kind: str, name: str, *args: Any, **kwargs: Any) -> Any:
         """Shorthand for ``get(kind, name).factory(*args, **kwargs)``."""

@@ -68,7 +68,9 @@ def build_run(config: RunConfig, out_dir: Path, pm: PluginManager) -> Run:
     device = resolve_device(config.device)
     data = registry.create("dataset", config.data.name, config.data, config.seed).to(device)
     template = registry.create("model", config.model.name, data.input_shape, data.num_classes, config.model)
-    run = Run(config, pm, out_dir, device, data, template.to(device), Batcher(data.train, config.data.batch_size, config.seed))
+    run = Run(
+        config, pm, out_dir, device, data, template.to(device), Batcher(data.train, config.data.batch_size, config.seed)
+    )
     run.fitness_fn = registry.create("fitness", config.trainer.fitness)
     run.hooks = PluggyHooks(run)
     run.trainer = registry.create("trainer", config.trainer.name, run)

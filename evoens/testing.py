@@ -1,16 +1,15 @@
 """Helpers for plugin authors' tests (and evoens's own).
 
-    from evoens.testing import make_plugin_manager, HookRecorder, tiny_config, run_inline
+from evoens.testing import make_plugin_manager, HookRecorder, tiny_config, run_inline
 
-    def test_my_plugin_reports(tmp_path):
-        summary = run_inline(tiny_config(generations=2), tmp_path, my_plugin)
-        assert summary["generations"] == 2
+def test_my_plugin_reports(tmp_path):
+    summary = run_inline(tiny_config(generations=2), tmp_path, my_plugin)
+    assert summary["generations"] == 2
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -37,8 +36,9 @@ def make_plugin_manager(
     ``(name, object)`` pairs). Installed entry points are ignored unless ``entry_points=True``."""
     blocked = set(disable)
     own = [(n, m) for n, m in core_plugins() if n not in blocked] if builtins and not entry_points else []
-    return create_plugin_manager(plugins=[*own, *plugins], disable=disable, entry_points=entry_points,
-                                 trace=trace, env={})
+    return create_plugin_manager(
+        plugins=[*own, *plugins], disable=disable, entry_points=entry_points, trace=trace, env={}
+    )
 
 
 class HookRecorder:

@@ -131,9 +131,7 @@ def test_full_example_loads(tmp_path: Path) -> None:
     assert t.searcher_options == {"center_learning_rate": 0.15, "stdev_init": 0.1}
     assert cfg.plugins.disable == ["evoens_morph"] and cfg.plugins.require == ["evoens_binary"]
     assert cfg.checkpoint == CheckpointConfig(every=100, keep=3)
-    assert cfg.extra == {
-        "myplugin": {"alpha": 0.5, "tags": ["a", "b"], "nested": {"deep": {"x": 1}}}
-    }
+    assert cfg.extra == {"myplugin": {"alpha": 0.5, "tags": ["a", "b"], "nested": {"deep": {"x": 1}}}}
 
 
 def test_int_accepted_for_float_and_stored_as_float() -> None:
@@ -353,18 +351,14 @@ def test_a_lone_override_string_is_not_split_into_characters() -> None:
     assert loads_config("", "seed=4").seed == 4  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(
-    "override", ["trainer.popsize", "=3", " = 3", "a b=3", "trainer..popsize=3"]
-)
+@pytest.mark.parametrize("override", ["trainer.popsize", "=3", " = 3", "a b=3", "trainer..popsize=3"])
 def test_malformed_override(override: str) -> None:
     message = error_of("", (override,))
     assert "malformed override" in message and repr(override) in message
 
 
 def test_override_errors_name_the_key() -> None:
-    assert "trainer.popsize = 'many': expected an integer" in error_of(
-        "", ("trainer.popsize=many",)
-    )
+    assert "trainer.popsize = 'many': expected an integer" in error_of("", ("trainer.popsize=many",))
     assert "unknown key 'trainer.popsze'" in error_of("", ("trainer.popsze=3",))
     message = error_of("seed = 1", ("seed.x=1",))
     assert "seed.x=1" in message and "not a table" in message
@@ -391,9 +385,7 @@ def test_round_trip_awkward_values(tmp_path: Path) -> None:
         seed=2**62,
         reporters=[],
         data=DataConfig(name='we"ird\\na\tme\n\x7f é ☃', data_dir="C:\\data", val_fraction=0.0),
-        model=ModelConfig(
-            hidden=[], activation="identity", options={"": 1, "a b": {"c.d": [1.5e-300]}}
-        ),
+        model=ModelConfig(hidden=[], activation="identity", options={"": 1, "a b": {"c.d": [1.5e-300]}}),
         trainer=TrainerConfig(lr=1e-7, weight_decay=1e300, num_actors="num_devices", max_chunk=3),
         plugins=PluginsConfig(disable=["x"], require=["y", "z"]),
         checkpoint=CheckpointConfig(every=1, keep=1),

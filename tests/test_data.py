@@ -202,7 +202,12 @@ def test_batcher_on_cuda_yields_the_cpu_batches() -> None:
 @pytest.mark.parametrize("binary", [False, True])
 def test_gaussian_teacher_is_deterministic_and_labels_are_its_argmax(binary: bool) -> None:
     kwargs: dict[str, Any] = {
-        "n_train": 512, "n_test": 256, "in_dim": 8, "hidden": 16, "num_classes": 5, "binary_teacher": binary
+        "n_train": 512,
+        "n_test": 256,
+        "in_dim": 8,
+        "hidden": 16,
+        "num_classes": 5,
+        "binary_teacher": binary,
     }
     a, b, c = make_gaussian(seed=5, **kwargs), make_gaussian(seed=5, **kwargs), make_gaussian(seed=6, **kwargs)
     assert torch.equal(a.train.x, b.train.x) and torch.equal(a.test.y, b.test.y)

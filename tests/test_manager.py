@@ -71,7 +71,9 @@ def test_misspelled_hook_is_one_line_naming_plugin_and_hook(tmp_path: Path, monk
     assert "unknown hook 'evoens_after_tel'" in message and "did you mean 'evoens_after_tell'" in message
 
 
-def test_unknown_argument_is_one_line_naming_plugin_and_argument(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unknown_argument_is_one_line_naming_plugin_and_argument(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _install(tmp_path, monkeypatch, "demo_arg", UNKNOWN_ARG)
     with pytest.raises(PluginError) as err:
         create_plugin_manager(env={})

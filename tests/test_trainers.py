@@ -21,7 +21,7 @@ from evoens.datasets import Batcher, Split
 from evoens.evolution import PopulationProblem
 from evoens.fitness import neg_cross_entropy
 from evoens.gradient import build_gradient
-from evoens.testing import run_inline, tiny_config
+from evoens.testing import make_plugin_manager, run_inline, tiny_config
 
 
 def _data(n: int = 96, d: int = 6, c: int = 3) -> Split:
@@ -42,8 +42,17 @@ def _fitness(population: Any, batch: tuple[torch.Tensor, torch.Tensor]) -> torch
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_gradient_trainer_equals_p_separately_trained_networks(strategy: str, optimizer: str) -> None:
     split, steps, lr = _data(), 15, 0.05
-    trainer = build_gradient(_template(), Batcher(split, 32, seed=3), NoHooks(_fitness), popsize=4,
-                             optimizer=optimizer, lr=lr, device=torch.device("cpu"), seed=7, strategy=strategy)
+    trainer = build_gradient(
+        _template(),
+        Batcher(split, 32, seed=3),
+        NoHooks(_fitness),
+        popsize=4,
+        optimizer=optimizer,
+        lr=lr,
+        device=torch.device("cpu"),
+        seed=7,
+        strategy=strategy,
+    )
     initial = trainer.population.flat.detach().clone()  # (P, D)
     for generation in range(steps):
         trainer.step(generation)
@@ -68,8 +77,9 @@ def test_gradient_trainer_leaves_a_nan_member_untouched_and_trains_the_rest() ->
         fitness = _fitness(population, batch)
         return torch.where(torch.arange(len(fitness)) == 1, torch.full_like(fitness, float("nan")), fitness)
 
-    trainer = build_gradient(_template(), Batcher(split, 0, seed=0), NoHooks(poisoned), popsize=3,
-                             device=torch.device("cpu"), seed=0)
+    trainer = build_gradient(
+        _template(), Batcher(split, 0, seed=0), NoHooks(poisoned), popsize=3, device=torch.device("cpu"), seed=0
+    )
     before = trainer.population.flat.detach().clone()
     stats = trainer.step(0)
     after = trainer.population.flat.detach()
@@ -82,8 +92,9 @@ class StockProblem(Problem):
 
     def __init__(self, net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], seed: int) -> None:
         self.net, self.batch = copy.deepcopy(net), batch
-        super().__init__("max", solution_length=sum(p.numel() for p in net.parameters()),
-                         initial_bounds=(-0.1, 0.1), seed=seed)
+        super().__init__(
+            "max", solution_length=sum(p.numel() for p in net.parameters()), initial_bounds=(-0.1, 0.1), seed=seed
+        )
 
     def _evaluate(self, solution: Any) -> None:
         fill_parameters(self.net, solution.values)
@@ -107,10 +118,15 @@ def test_batched_problem_follows_the_same_search_as_evotorchs_per_solution_path(
     assert torch.allclose(a.status["center"], b.status["center"], atol=1e-5)
 
 
-@pytest.mark.parametrize("searcher", ["snes", "xnes", "pgpe", "cmaes", "cem", "ga"])
+@pytest.mark.parametrize("searcher", make_plugin_manager().registry.names("searcher"))
 def test_every_searcher_improves_on_digits(tmp_path: Path, searcher: str) -> None:
-    config = tiny_config(generations=12, eval_every=12, trainer={"searcher": searcher, "popsize": 16},
-                         data={"batch_size": 0}, model={"hidden": [8] if searcher != "xnes" else [2]})
+    config = tiny_config(
+        generations=12,
+        eval_every=12,
+        trainer={"searcher": searcher, "popsize": 16},
+        data={"batch_size": 0},
+        model={"hidden": [8] if searcher != "xnes" else [2]},
+    )
     summary = run_inline(config, tmp_path)
     assert summary["generations"] == 12
     assert summary["test_accuracy"] > 0.2  # ten classes: chance is 0.1
@@ -163,6 +179,18 @@ def test_a_failing_core_hook_stops_the_run_naming_the_plugin(tmp_path: Path) -> 
 @pytest.mark.slow
 def test_ray_actors_spread_evaluation(tmp_path: Path) -> None:
     pytest.importorskip("ray")
+    calls: list[str] = []
+
+    class Count:
+        @hookimpl
+        def evoens_after_ask(self) -> None:
+            calls.append("ask")
+
+        @hookimpl(tryfirst=True)
+        def evoens_evaluate(self) -> None:
+            calls.append("evaluate")  # main process only: never called when actors evaluate
+
     config = tiny_config(generations=2, trainer={"num_actors": 2, "searcher": "pgpe", "popsize": 8})
-    summary = run_inline(config, tmp_path)
+    summary = run_inline(config, tmp_path, Count())
     assert summary["generations"] == 2 and summary["test_accuracy"] > 0.0
+    assert calls == ["ask", "ask"]

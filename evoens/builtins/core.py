@@ -22,17 +22,34 @@ from evoens.run import Run, candidate_accuracies
 def evolution_trainer(run: Run) -> EvolutionTrainer:
     cfg = run.config.trainer
     return build_evolution(
-        run.template, run.fitness_fn, run.registry.get("searcher", cfg.searcher).factory, run.batcher, run.hooks,
-        popsize=cfg.popsize, options=cfg.searcher_options, device=run.device, seed=run.config.seed,
-        num_actors=cfg.num_actors, strategy=cfg.strategy, max_chunk=cfg.max_chunk,
+        run.template,
+        run.fitness_fn,
+        run.registry.get("searcher", cfg.searcher).factory,
+        run.batcher,
+        run.hooks,
+        popsize=cfg.popsize,
+        options=cfg.searcher_options,
+        device=run.device,
+        seed=run.config.seed,
+        num_actors=cfg.num_actors,
+        strategy=cfg.strategy,
+        max_chunk=cfg.max_chunk,
     )
 
 
 def gradient_trainer(run: Run) -> GradientTrainer:
     cfg = run.config.trainer
     return build_gradient(
-        run.template, run.batcher, run.hooks, popsize=cfg.popsize, optimizer=cfg.optimizer, lr=cfg.lr,
-        weight_decay=cfg.weight_decay, device=run.device, seed=run.config.seed, strategy=cfg.strategy,
+        run.template,
+        run.batcher,
+        run.hooks,
+        popsize=cfg.popsize,
+        optimizer=cfg.optimizer,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        device=run.device,
+        seed=run.config.seed,
+        strategy=cfg.strategy,
         max_chunk=cfg.max_chunk,
     )
 
@@ -47,8 +64,14 @@ def _convnet(input_shape: tuple[int, ...], num_outputs: int, cfg: ModelConfig) -
 
 def _dataset(name: str) -> Any:
     def factory(cfg: DataConfig, seed: int) -> DataSplits:
-        return load_dataset(name, data_dir=cfg.data_dir, seed=seed, val_fraction=cfg.val_fraction,
-                            test_fraction=cfg.test_fraction, **cfg.options)
+        return load_dataset(
+            name,
+            data_dir=cfg.data_dir,
+            seed=seed,
+            val_fraction=cfg.val_fraction,
+            test_fraction=cfg.test_fraction,
+            **cfg.options,
+        )
 
     return factory
 

@@ -39,8 +39,10 @@ class JsonlReporter:
         now = time.perf_counter()
         row = {"generation": generation, **_scalars(stats), "generations_per_second": 1.0 / max(now - self.last, 1e-9)}
         self.last = now
-        self.file.write(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                                    for k, v in row.items()}) + "\n")
+        self.file.write(
+            json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()})
+            + "\n"
+        )
         self.file.flush()
 
     def close(self) -> None:
@@ -73,7 +75,9 @@ class ProgressReporter:
 
     def report(self, generation: int, stats: dict[str, Any]) -> None:
         self.bar.update(1)
-        self.bar.set_postfix({k: f"{v:.4g}" for k, v in _scalars(stats).items() if k in ("best_fitness", "test_accuracy")})
+        self.bar.set_postfix(
+            {k: f"{v:.4g}" for k, v in _scalars(stats).items() if k in ("best_fitness", "test_accuracy")}
+        )
 
     def close(self) -> None:
         self.bar.close()
@@ -81,10 +85,18 @@ class ProgressReporter:
 
 @hookimpl
 def evoens_register_providers() -> Iterator[Provider]:
-    yield Provider("reporter", "jsonl", lambda run: JsonlReporter(run.out_dir), "DIR/metrics.jsonl, a line per generation")
-    yield Provider("reporter", "tensorboard", lambda run: TensorBoardReporter(run.out_dir), "tensorboardX events in DIR/tb")
-    yield Provider("reporter", "progress", lambda run: ProgressReporter(run.config.generations, run.generation),
-                   "a progress bar on stderr")
+    yield Provider(
+        "reporter", "jsonl", lambda run: JsonlReporter(run.out_dir), "DIR/metrics.jsonl, a line per generation"
+    )
+    yield Provider(
+        "reporter", "tensorboard", lambda run: TensorBoardReporter(run.out_dir), "tensorboardX events in DIR/tb"
+    )
+    yield Provider(
+        "reporter",
+        "progress",
+        lambda run: ProgressReporter(run.config.generations, run.generation),
+        "a progress bar on stderr",
+    )
 
 
 @hookimpl
@@ -102,8 +114,12 @@ def evoens_report(run: Run, generation: int, stats: dict[str, Any]) -> None:
         try:
             reporter.report(generation, stats)
         except Exception as exc:
-            log.warning("reporter '%s' failed at generation %d: %r; it is switched off, the run continues",
-                        name, generation, exc)
+            log.warning(
+                "reporter '%s' failed at generation %d: %r; it is switched off, the run continues",
+                name,
+                generation,
+                exc,
+            )
             run.summary.setdefault("reporter_errors", []).append(f"{name}: {exc!r}")
             del active[name]
 

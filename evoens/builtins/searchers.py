@@ -39,7 +39,9 @@ def _ga(problem: Problem, popsize: int, options: Mapping[str, Any], center: torc
     opts = {"mutation_stdev": 0.02, "crossover_eta": None, "tournament_size": 4, "elitist": True, **options}
     operators: list[Any] = []
     if opts["crossover_eta"] is not None:
-        operators.append(SimulatedBinaryCrossOver(problem, tournament_size=opts["tournament_size"], eta=opts["crossover_eta"]))
+        operators.append(
+            SimulatedBinaryCrossOver(problem, tournament_size=opts["tournament_size"], eta=opts["crossover_eta"])
+        )
     operators.append(GaussianMutation(problem, stdev=opts["mutation_stdev"]))
     return GeneticAlgorithm(problem, operators=operators, popsize=popsize, elitist=opts["elitist"])
 

@@ -117,9 +117,7 @@ def check_fraction(name: str, value: float, *, what: str) -> None:
         raise DataError(f"{what}: {name}={value!r} is not a fraction in [0, 1); pass e.g. {name}=0.1")
 
 
-def split_train_val(
-    split: Split, *, val_fraction: float, seed: int, stratify: bool = True
-) -> tuple[Split, Split]:
+def split_train_val(split: Split, *, val_fraction: float, seed: int, stratify: bool = True) -> tuple[Split, Split]:
     """Hold out ``val_fraction`` of ``split`` as a second split, deterministically by ``seed``.
 
     With ``stratify`` each class contributes ``round(n_class * val_fraction)`` examples, so both

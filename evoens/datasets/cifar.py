@@ -109,8 +109,9 @@ def load_cifar10_1(
     """
     if version not in CIFAR10_1_SIZES:
         raise DataError(f"cifar10.1: unknown version {version!r}; known: {', '.join(CIFAR10_1_SIZES)}")
-    base = load_cifar10(data_dir, seed=seed, val_fraction=val_fraction, download=download, mirrors=mirrors,
-                        timeout=timeout)
+    base = load_cifar10(
+        data_dir, seed=seed, val_fraction=val_fraction, download=download, mirrors=mirrors, timeout=timeout
+    )
     test = _read_cifar10_1(dataset_dir(Path(data_dir), "cifar10.1"), version)
     return DataSplits("cifar10.1", base.train, base.val, test, base.num_classes, base.input_shape)
 

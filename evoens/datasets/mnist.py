@@ -70,22 +70,34 @@ class IdxDataset:
 # machines (decompressed sha256 ba891046..., 65a50cbb..., 0fa7898d..., ff7bcfd4... in both).
 MNIST = IdxDataset(
     "mnist",
-    IdxFile("train-images-idx3-ubyte.gz", (
-        "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-        "db8f937d487057fb14a9f0fbe97f0bc8d311ab41b750d41e1ff37c43b9e55e19",
-    )),
-    IdxFile("train-labels-idx1-ubyte.gz", (
-        "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-        "51fc562b6747b666fbf6e84ce29d43c3cb5f9c388c664d43b33f02095313405a",
-    )),
-    IdxFile("t10k-images-idx3-ubyte.gz", (
-        "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-        "cfeddb84311ecf044fc6a5b0f6ee8a24d265d4e83e388400186eb114082f4209",
-    )),
-    IdxFile("t10k-labels-idx1-ubyte.gz", (
-        "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
-        "e41c74e484045d39b462a7790a4af51301bd9b0b24f0154798d713ec68c45920",
-    )),
+    IdxFile(
+        "train-images-idx3-ubyte.gz",
+        (
+            "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+            "db8f937d487057fb14a9f0fbe97f0bc8d311ab41b750d41e1ff37c43b9e55e19",
+        ),
+    ),
+    IdxFile(
+        "train-labels-idx1-ubyte.gz",
+        (
+            "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+            "51fc562b6747b666fbf6e84ce29d43c3cb5f9c388c664d43b33f02095313405a",
+        ),
+    ),
+    IdxFile(
+        "t10k-images-idx3-ubyte.gz",
+        (
+            "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+            "cfeddb84311ecf044fc6a5b0f6ee8a24d265d4e83e388400186eb114082f4209",
+        ),
+    ),
+    IdxFile(
+        "t10k-labels-idx1-ubyte.gz",
+        (
+            "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+            "e41c74e484045d39b462a7790a4af51301bd9b0b24f0154798d713ec68c45920",
+        ),
+    ),
 )
 FASHION_MNIST = IdxDataset(
     "fashion-mnist",
@@ -122,7 +134,12 @@ def load_fashion_mnist(
 ) -> DataSplits:
     """Fashion-MNIST, shaped and split exactly like :func:`load_mnist`."""
     return load_idx_dataset(
-        FASHION_MNIST, data_dir, seed=seed, val_fraction=val_fraction, download=download, mirrors=mirrors,
+        FASHION_MNIST,
+        data_dir,
+        seed=seed,
+        val_fraction=val_fraction,
+        download=download,
+        mirrors=mirrors,
         timeout=timeout,
     )
 

@@ -70,8 +70,13 @@ def make_gaussian(
 
     ``val_fraction`` of the ``n_train`` examples become the validation split (stratified).
     """
-    _check_sizes(("n_train", n_train, 1), ("n_test", n_test, 1), ("in_dim", in_dim, 1), ("hidden", hidden, 1),
-                 ("num_classes", num_classes, 2))
+    _check_sizes(
+        ("n_train", n_train, 1),
+        ("n_test", n_test, 1),
+        ("in_dim", in_dim, 1),
+        ("hidden", hidden, 1),
+        ("num_classes", num_classes, 2),
+    )
     generator = torch.Generator().manual_seed(seed)
     teacher = make_teacher(generator, in_dim=in_dim, hidden=hidden, num_classes=num_classes, binary=binary_teacher)
     x_pool = torch.randn(n_train, in_dim, generator=generator)  # (n_train, in_dim)

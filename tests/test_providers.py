@@ -1,0 +1,71 @@
+"""Every registered provider passes one conformance test for its kind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from evoens.config import ModelConfig
+from evoens.population import Population
+from evoens.testing import make_plugin_manager, run_inline, tiny_config
+
+REGISTRY = make_plugin_manager().registry
+CHECKED = {"fitness", "model", "dataset", "searcher", "trainer", "reporter"}
+NEEDS_FILES = {"mnist", "fashion-mnist", "cifar10", "cifar10.1"}  # covered by tests/test_data.py
+
+
+def _names(kind: str) -> list[str]:
+    return REGISTRY.names(kind)
+
+
+def test_every_kind_in_use_has_a_conformance_check() -> None:
+    assert {p.kind for p in REGISTRY} <= CHECKED
+
+
+@pytest.mark.parametrize("name", _names("fitness"))
+def test_fitness_shape_and_direction(name: str) -> None:
+    fn = REGISTRY.create("fitness", name)
+    y = torch.randint(0, 5, (32,))
+    perfect = torch.nn.functional.one_hot(y, 5).float().mul(10).expand(3, -1, -1)  # (P, B, C)
+    noise = torch.randn(3, 32, 5)
+    if name == "neg_mse":
+        perfect, y = noise.clone(), noise[0]
+    fit_perfect, fit_noise = fn(perfect, y), fn(noise, y)
+    assert fit_perfect.shape == (3,) and torch.isfinite(fit_noise).all()
+    assert (fit_perfect >= fit_noise).all()
+
+
+@pytest.mark.parametrize("name", _names("model"))
+def test_model_runs_batched_and_matches_the_loop(name: str) -> None:
+    shape = (1, 28, 28) if name == "convnet" else (64,)
+    template = REGISTRY.create("model", name, shape, 10, ModelConfig())
+    pop = Population.from_module(template, 3, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(5, *shape)
+    out = pop(x)
+    assert out.shape == (3, 5, 10)
+    torch.testing.assert_close(out, pop(x, strategy="loop"), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", [n for n in _names("dataset") if n not in NEEDS_FILES])
+def test_offline_dataset_splits(name: str, tmp_path: Path) -> None:
+    from evoens.config import DataConfig
+
+    data = REGISTRY.create("dataset", name, DataConfig(name=name, data_dir=str(tmp_path)), 0)
+    for split in (data.train, data.val, data.test):
+        assert split.x.shape[1:] == data.input_shape and split.y.dtype == torch.long
+        assert int(split.y.max()) < data.num_classes
+    assert len(data.train) > len(data.test) > 0
+
+
+@pytest.mark.parametrize("name", _names("trainer"))
+def test_trainer_runs_and_reports(name: str, tmp_path: Path) -> None:
+    summary = run_inline(tiny_config(generations=2, trainer={"name": name}), tmp_path)
+    assert summary["generations"] == 2 and 0.0 <= summary["test_accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("name", _names("reporter"))
+def test_reporter_writes_and_closes(name: str, tmp_path: Path) -> None:
+    summary = run_inline(tiny_config(generations=2, reporters=[name]), tmp_path)
+    assert "reporter_errors" not in summary
