@@ -49,6 +49,7 @@ setup(
             "searchers = evoens.builtins.searchers",
             "reporters = evoens.builtins.reporters",
             "loop = evoens.engine",
+            "bench = evoens_bench.hooks",
         ],
     },
     classifiers=[

@@ -1,4 +1,4 @@
-"""The ``evoens`` command: run, resume, bench, plugins, --version.
+"""The ``evoens`` command: run, bench, plugins, --version.
 
 User errors (a bad config, missing data, an unknown provider, a broken plugin) print one line
 ``evoens: error: ...`` and exit with code 2; tracebacks only with ``--debug``.
@@ -59,6 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", help="directory of downloaded datasets (also EVOENS_DATA_DIR)")
     _plugin_args(run)
 
+    bench = sub.add_parser("bench", help="run a benchmark suite (no NAME: list the suites)")
+    bench.add_argument("name", nargs="?", help="suite name, see `evoens bench`")
+    bench.add_argument("--all", action="store_true", help="run every suite")
+    bench.add_argument("--quick", action="store_true", help="a small grid that finishes in a minute or two")
+    bench.add_argument("--out", default="benchmarks/results", help="where NAME.json / NAME.md / NAME.png go")
+    bench.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    _plugin_args(bench)
+
     plugins = sub.add_parser("plugins", help="list plugins: distribution, version, hooks, providers")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
     _plugin_args(plugins)
@@ -109,7 +117,26 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "plugins": cmd_plugins}
+def cmd_bench(args: argparse.Namespace) -> int:
+    from evoens.bench import run_suite
+    from evoens.run import resolve_device
+
+    registry = _manager(args).registry
+    names = registry.names("benchmark") if args.all else [args.name] if args.name else []
+    if not names:
+        for provider in registry:
+            if provider.kind == "benchmark":
+                print(f"{provider.name:20s} {provider.description}  [{provider.plugin}]")
+        return 0
+    device = resolve_device(args.device)
+    for name in names:
+        provider = registry.get("benchmark", name)
+        run_suite(provider.factory, name, quick=args.quick, out=Path(args.out), device=device)
+        print(f"bench {name}: {Path(args.out) / (name + '.md')}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "bench": cmd_bench, "plugins": cmd_plugins}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -155,7 +155,7 @@ class RunConfig:
     generations: int = _opt(100, "number of generations", ge=1)
     device: str = _opt("auto", "where the population is evaluated", choices=("auto", "cpu", "cuda"))
     eval_every: int = _opt(10, "evaluate on the validation split every N generations", ge=1)
-    reporters: list[str] = _opt(["jsonl", "tensorboard"], "reporter names")
+    reporters: list[str] = _opt(["jsonl", "tensorboard", "plot"], "reporter names")
     data: DataConfig = _opt(DataConfig, "the dataset")
     model: ModelConfig = _opt(ModelConfig, "the architecture")
     trainer: TrainerConfig = _opt(TrainerConfig, "the search / training")

@@ -83,6 +83,15 @@ def _call(run: Run, hookname: str, /, **kwargs: Any) -> Any:
         raise PluginError(f"plugin '{culprit}' failed in {hookname}: {type(exc).__name__}: {exc}") from exc
 
 
+def _finish(run: Run, summary: dict[str, Any]) -> None:
+    """Write ``summary.json`` and call ``evoens_run_end`` (also after a failure)."""
+    summary["wall_seconds"] = time.perf_counter() - run.started
+    summary.update(run.summary)
+    run.summary = summary
+    write_json_atomic(run.out_dir / "summary.json", summary)
+    _call(run, "evoens_run_end", run=run, summary=summary)
+
+
 def execute(config: RunConfig, out_dir: str | Path, pm: PluginManager) -> dict[str, Any]:
     """Run ``config`` into ``out_dir`` and return the summary (also ``out_dir/summary.json``)."""
     out = Path(out_dir)
@@ -90,16 +99,16 @@ def execute(config: RunConfig, out_dir: str | Path, pm: PluginManager) -> dict[s
     pm.hook.evoens_configure.call_historic(kwargs={"config": config})
     (out / "config.toml").write_text(dump_toml(config))
     run = build_run(config, out, pm)
-    _call(run, "evoens_run_start", run=run)
-    result = _call(run, "evoens_run_loop", run=run) or {}
-    summary = {**result, **final_evaluation(run)}
+    try:
+        _call(run, "evoens_run_start", run=run)
+        result = _call(run, "evoens_run_loop", run=run) or {}
+    except BaseException as exc:  # leave a record and close the plugins' files, then re-raise
+        _finish(run, {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "generations": run.generation})
+        raise
+    summary = {"status": "finished", **result, **final_evaluation(run)}
     for extra in reversed(_call(run, "evoens_summary", run=run)):
         summary.update(extra or {})
-    summary["wall_seconds"] = time.perf_counter() - run.started
-    summary.update(run.summary)
-    run.summary = summary
-    write_json_atomic(out / "summary.json", summary)
-    _call(run, "evoens_run_end", run=run, summary=summary)
+    _finish(run, summary)
     return summary
 
 

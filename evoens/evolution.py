@@ -126,6 +126,7 @@ class EvolutionTrainer:
             "worst_fitness": status["worst_eval"],
             "best_ever_fitness": status["best_eval"],
             "nonfinite": self.problem.nonfinite,
+            "diversity": self.searcher.population.values.std(dim=0, correction=0).mean(),  # mean per-weight std
         }
 
     def step(self, generation: int) -> dict[str, Any]:

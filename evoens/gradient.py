@@ -51,7 +51,8 @@ class GradientTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        stats: dict[str, Any] = {**fitness_stats(clean), "nonfinite": bad, **extras}
+        diversity = pop.flat.detach().std(dim=0, correction=0).mean()  # mean per-weight std across members
+        stats: dict[str, Any] = {**fitness_stats(clean), "nonfinite": bad, "diversity": diversity, **extras}
         stats.update(self.hooks.after_tell(stats))
         return stats
 

@@ -17,7 +17,7 @@ TINY = """
 seed = 1
 generations = 3
 eval_every = 1
-reporters = ["jsonl", "tensorboard"]
+reporters = ["jsonl", "tensorboard", "plot"]
 [data]
 name = "digits"
 batch_size = 256
@@ -56,7 +56,12 @@ def test_run_writes_a_run_directory(tmp_path: Path) -> None:
         assert key in summary
     assert summary["generations"] == 3
     assert {p["name"] for p in summary["plugins"]} >= {"core", "loop", "searchers", "reporters"}
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["generation"] for m in metrics] == [0, 1, 2]
+    for key in ("best_fitness", "mean_fitness", "median_fitness", "diversity", "test_accuracy",
+                "generations_per_second", "nonfinite"):
+        assert key in metrics[-1], key
+    assert (out / "fitness.png").read_bytes()[:4] == b"\x89PNG"
     assert list((out / "tb").glob("events.out.tfevents.*"))
     assert "popsize = 8" in (out / "config.toml").read_text()
 

@@ -4,6 +4,7 @@ per-solution path; every searcher provider runs; NaN fitness never crashes a run
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +175,8 @@ def test_a_failing_core_hook_stops_the_run_naming_the_plugin(tmp_path: Path) -> 
 
     with pytest.raises(PluginError, match="plugin 'broken' failed in evoens_run_start: ValueError: bad state"):
         run_inline(tiny_config(), tmp_path, ("broken", Broken()))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and "bad state" in summary["error"]
 
 
 @pytest.mark.slow

@@ -32,21 +32,19 @@ class JsonlReporter:
     """One JSON object per generation in ``metrics.jsonl`` (plus generations per second)."""
 
     def __init__(self, out_dir: Path) -> None:
-        self.file = (out_dir / "metrics.jsonl").open("a")
+        self.path = out_dir / "metrics.jsonl"
         self.last = time.perf_counter()
 
     def report(self, generation: int, stats: dict[str, Any]) -> None:
         now = time.perf_counter()
         row = {"generation": generation, **_scalars(stats), "generations_per_second": 1.0 / max(now - self.last, 1e-9)}
         self.last = now
-        self.file.write(
-            json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()})
-            + "\n"
-        )
-        self.file.flush()
+        finite = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+        with self.path.open("a") as f:  # opened per line: a crash never leaks or truncates the file
+            f.write(json.dumps(finite) + "\n")
 
     def close(self) -> None:
-        self.file.close()
+        pass
 
 
 class TensorBoardReporter:
@@ -63,6 +61,41 @@ class TensorBoardReporter:
 
     def close(self) -> None:
         self.writer.close()
+
+
+class PlotReporter:
+    """``DIR/fitness.png``: best, mean and median fitness (and test accuracy) per generation."""
+
+    CURVES = ("best_fitness", "mean_fitness", "median_fitness")
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path = out_dir / "fitness.png"
+        self.history: list[tuple[int, dict[str, float]]] = []
+
+    def report(self, generation: int, stats: dict[str, Any]) -> None:
+        self.history.append((generation, _scalars(stats)))
+
+    def close(self) -> None:
+        if not self.history:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, (ax, acc) = plt.subplots(1, 2, figsize=(10, 4))
+        for key in self.CURVES:
+            ax.plot([g for g, s in self.history if key in s], [s[key] for _, s in self.history if key in s], label=key)
+        tested = [(g, s["test_accuracy"]) for g, s in self.history if "test_accuracy" in s]
+        if tested:
+            acc.plot(*zip(*tested), marker="o", label="test accuracy")
+            acc.legend()
+        ax.set(xlabel="generation", ylabel="fitness")
+        acc.set(xlabel="generation", ylabel="accuracy")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(self.path, dpi=100)
+        plt.close(fig)
 
 
 class ProgressReporter:
@@ -91,6 +124,7 @@ def evoens_register_providers() -> Iterator[Provider]:
     yield Provider(
         "reporter", "tensorboard", lambda run: TensorBoardReporter(run.out_dir), "tensorboardX events in DIR/tb"
     )
+    yield Provider("reporter", "plot", lambda run: PlotReporter(run.out_dir), "DIR/fitness.png, written at the end")
     yield Provider(
         "reporter",
         "progress",

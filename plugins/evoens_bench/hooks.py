@@ -1,0 +1,14 @@
+"""Registers the built-in benchmark suites as ``benchmark`` providers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from evoens import Provider, hookimpl
+
+
+@hookimpl
+def evoens_register_providers() -> Iterator[Provider]:
+    from evoens_bench import throughput
+
+    yield Provider("benchmark", "throughput", throughput.suite, throughput.DESCRIPTION)
