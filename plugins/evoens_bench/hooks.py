@@ -9,6 +9,7 @@ from evoens import Provider, hookimpl
 
 @hookimpl
 def evoens_register_providers() -> Iterator[Provider]:
-    from evoens_bench import throughput
+    from evoens_bench import generation, throughput
 
     yield Provider("benchmark", "throughput", throughput.suite, throughput.DESCRIPTION)
+    yield Provider("benchmark", "generation", generation.suite, generation.DESCRIPTION)

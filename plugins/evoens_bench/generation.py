@@ -1,0 +1,188 @@
+"""Suite ``generation``: whole search generations, not just forwards.
+
+SNES and PGPE over an MLP 40-100-10 on a Gaussian-teacher task (batch 256), three ways: evoens's
+batched :class:`~evoens.evolution.PopulationProblem`, EvoTorch's stock ``SupervisedNE`` (one
+network per solution) and a hand-vectorized EvoTorch ``Problem`` (``vmap(functional_call)``).
+For evoens it splits a generation into the population forward, the rest of the evaluation
+(batch handling, fitness, NaN guard) and the search itself (sampling, ranking, update).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from evotorch import Problem
+from torch import nn
+from torch.func import functional_call
+
+from evoens.bench import BenchResult, synchronize
+from evoens.builtins.searchers import evoens_register_providers as searcher_providers
+from evoens.datasets import Batcher, make_gaussian
+from evoens.evolution import PopulationProblem
+from evoens.fitness import neg_cross_entropy
+from evoens.models import mlp
+from evoens.population import Population, module_to_flat
+
+DESCRIPTION = "whole SNES/PGPE generations: evoens vs EvoTorch SupervisedNE vs a hand-vectorized Problem"
+SEARCHERS = {p.name: p.factory for p in searcher_providers()}
+OPTIONS = {"snes": {}, "pgpe": {"center_learning_rate": 0.01, "stdev_learning_rate": 0.1}}
+
+
+class VmapProblem(Problem):
+    """What a user writes by hand today: a vectorized Problem with vmap(functional_call)."""
+
+    def __init__(self, template: nn.Module, batcher: Batcher, device: torch.device) -> None:
+        self.template, self.batcher = template, batcher
+        self.shapes = [(n, p.shape) for n, p in template.named_parameters()]
+        super().__init__(
+            "max",
+            solution_length=sum(p.numel() for p in template.parameters()),
+            initial_bounds=(-0.1, 0.1),
+            device=device,
+            seed=0,
+        )
+
+    def _evaluate_batch(self, batch: Any) -> None:
+        values = batch.values.as_subclass(torch.Tensor)
+        params, offset = {}, 0
+        for name, shape in self.shapes:
+            params[name] = values[:, offset : offset + shape.numel()].reshape(-1, *shape)
+            offset += shape.numel()
+        x, y = self.batcher.next()
+        out = torch.vmap(lambda p: functional_call(self.template, p, (x,)))(params)  # (P, B, C)
+        batch.set_evals(neg_cross_entropy(out, y))
+
+
+def _stock(template: nn.Module, data: Any, device: torch.device) -> Problem:
+    from evotorch.neuroevolution import SupervisedNE
+
+    dataset = torch.utils.data.TensorDataset(data.train.x.cpu(), data.train.y.cpu())
+    return SupervisedNE(
+        dataset, template, nn.CrossEntropyLoss(), minibatch_size=256, common_minibatch=True, device=device
+    )
+
+
+class _Timed:
+    """Wraps the population forward and the whole evaluation to measure their share."""
+
+    def __init__(self, problem: PopulationProblem, device: torch.device) -> None:
+        self.forward = self.evaluate = 0.0
+        self.device = device
+        inner_eval = problem._evaluate_batch
+        forward = Population.forward
+
+        def timed_forward(pop: Population, *args: Any, **kw: Any) -> Any:
+            synchronize(device)
+            t0 = time.perf_counter()
+            out = forward(pop, *args, **kw)
+            synchronize(device)
+            self.forward += time.perf_counter() - t0
+            return out
+
+        def timed_eval(batch: Any) -> None:
+            t0 = time.perf_counter()
+            Population.__call__ = timed_forward  # type: ignore[method-assign]
+            try:
+                inner_eval(batch)
+            finally:
+                Population.__call__ = forward  # type: ignore[method-assign]
+            self.evaluate += time.perf_counter() - t0
+
+        problem._evaluate_batch = timed_eval  # type: ignore[method-assign]
+
+
+def _per_generation(
+    searcher: Any, generations: int, device: torch.device, before: Any = None, timed: _Timed | None = None
+) -> float:
+    searcher.step()  # warm-up: lazy set-up, auto strategy choice
+    if timed is not None:
+        timed.forward = timed.evaluate = 0.0
+    synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(generations):
+        if before:
+            before()
+        searcher.step()
+    synchronize(device)
+    return (time.perf_counter() - t0) / generations
+
+
+def _row(name: str, P: int, path: str, seconds: float, stock: float | None, **extra: Any) -> dict[str, Any]:
+    return {
+        "searcher": name,
+        "P": P,
+        "path": path,
+        "ms_per_gen": seconds * 1e3,
+        "gen_per_s": 1 / seconds,
+        "x_stock": stock / seconds if stock else None,
+        **extra,
+    }
+
+
+def _cell(name: str, P: int, generations: int, device: torch.device) -> list[dict[str, Any]]:
+    data = make_gaussian(seed=0, in_dim=40, n_train=8192).to(device)
+    template = mlp((40,), 10, [100], "tanh").to(device)
+    center = module_to_flat(template).to(device)
+    make = SEARCHERS[name]
+    stock = make(_stock(template, data, device), P, OPTIONS[name], center)
+    stock_s = _per_generation(stock, max(2, generations // 10), device)
+    hand = make(VmapProblem(template, Batcher(data.train, 256, 0), device), P, OPTIONS[name], center)
+    hand_s = _per_generation(hand, generations, device)
+    problem = PopulationProblem(template, neg_cross_entropy, device=device, seed=0)
+    batcher = Batcher(data.train, 256, 0)
+    ours = make(problem, P, OPTIONS[name], center)
+    timed = _Timed(problem, device)
+
+    def next_batch() -> None:
+        problem.batch = batcher.next()
+
+    next_batch()
+    ours_s = _per_generation(ours, generations, device, next_batch, timed)
+    forward, evaluate = timed.forward / generations, timed.evaluate / generations
+    return [
+        _row(name, P, "evotorch-SupervisedNE", stock_s, stock_s),
+        _row(name, P, "evotorch-vmap-Problem", hand_s, stock_s),
+        _row(
+            name,
+            P,
+            "evoens",
+            ours_s,
+            stock_s,
+            forward_share=forward / ours_s,
+            other_eval_share=(evaluate - forward) / ours_s,
+            search_share=1 - evaluate / ours_s,
+        ),
+    ]
+
+
+def suite(quick: bool, device: torch.device, env: dict[str, Any]) -> BenchResult:
+    sizes = (256,) if quick else (256, 1024)
+    generations = 10 if quick else 50
+    rows = [row for name in ("snes", "pgpe") for P in sizes for row in _cell(name, P, generations, device)]
+    notes = ["## Target: the forward is at least half of a generation at P=256, batch 256", ""]
+    for row in rows:
+        if row["path"] == "evoens":
+            verdict = "met" if row["forward_share"] >= 0.5 else "missed"
+            notes.append(
+                f"- {row['searcher']} P={row['P']}: forward {100 * row['forward_share']:.0f}% "
+                f"of {row['ms_per_gen']:.1f} ms, search {100 * row['search_share']:.0f}% ({verdict}); "
+                f"{row['x_stock']:.1f}x EvoTorch SupervisedNE"
+            )
+    return BenchResult(
+        title="generation: whole search generations (MLP 40-100-10, batch 256)",
+        columns=[
+            "searcher",
+            "P",
+            "path",
+            "ms_per_gen",
+            "gen_per_s",
+            "x_stock",
+            "forward_share",
+            "other_eval_share",
+            "search_share",
+        ],
+        rows=rows,
+        notes=notes,
+    )
