@@ -15,7 +15,7 @@ import copy
 import math
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
 from typing import Any, NamedTuple
 
@@ -401,7 +401,10 @@ def benchmark_strategies(template: nn.Module, P: int, batch: int, repeats: int =
     pop = pop.to(device) if device is not None else pop
     shape = (P, batch, *input_shape) if per_member else (batch, *input_shape)
     x = torch.randn(shape, device=pop.device, dtype=pop.dtype)
-    run: Callable[[str], Tensor] = lambda name: pop(x, strategy=name, per_member=per_member)
+
+    def run(name: str) -> Tensor:
+        return pop(x, strategy=name, per_member=per_member)
+
     names = []
     with torch.no_grad():
         for name, strat in STRATEGIES.items():

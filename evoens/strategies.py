@@ -198,7 +198,10 @@ def _bn(op: Op, p: Tensors, b: Tensors, mode: str, h: Tensor, P: int) -> State:
         raise UnsupportedInput(f"BatchNorm2d '{op.name}' on input of shape {tuple(h.shape)}")
     if mode == "x":
         h = h.repeat(1, P, 1, 1)  # (B, P*C, H, W): each member normalises with its own stats
-    flat = lambda t: None if t is None else t.reshape(-1)  # (P, C) -> (P*C,)
+
+    def flat(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t.reshape(-1)  # (P, C) -> (P*C,)
+
     y = F.batch_norm(h, flat(mean), flat(var), flat(w), flat(bias), False, 0.0, m.eps)
     return "conv", y  # (B, P*C, H, W)
 

@@ -138,7 +138,10 @@ def evoens_run_start(run: Run) -> None:
     names = list(run.config.reporters)
     if sys.stderr.isatty() and "progress" not in names:
         names.append("progress")
-    run.plugin_state["reporters"] = {name: run.registry.create("reporter", name, run) for name in names}
+    active: dict[str, Reporter] = {}
+    run.plugin_state["reporters"] = active  # filled one by one: run_end closes whatever was opened
+    for name in names:
+        active[name] = run.registry.create("reporter", name, run)
 
 
 @hookimpl
