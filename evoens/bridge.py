@@ -40,11 +40,15 @@ def _merge(results: list[dict[str, Any] | None]) -> dict[str, Any]:
 
 
 class PluggyHooks:
-    """:class:`GenerationHooks` over a run's plugin manager; the engine sets ``generation``."""
+    """:class:`GenerationHooks` over a run's plugin manager. During a trainer's step,
+    ``run.generation`` is the index of the generation in progress (the loop advances it after)."""
 
     def __init__(self, run: Run) -> None:
         self.run = run
-        self.generation = 0
+
+    @property
+    def generation(self) -> int:
+        return self.run.generation
 
     def after_ask(self, values: torch.Tensor) -> None:
         self.run.hook.evoens_after_ask(run=self.run, generation=self.generation, values=values)
@@ -80,15 +84,19 @@ class NoHooks:
         return {}
 
 
-def attach_searcher(searcher: Any, hooks: GenerationHooks, stats: Callable[[], dict[str, Any]]) -> None:
+def attach_searcher(
+    searcher: Any, hooks: GenerationHooks, stats: Callable[[], dict[str, Any]], extras: dict[str, Any]
+) -> None:
     """Forward an EvoTorch searcher's hooks to ``hooks``.
 
     EvoTorch calls ``before_eval_hook(batch)`` before each evaluation (-> after_ask, on the
-    values to be evaluated), ``after_eval_hook(batch)`` after it (-> after_evaluate; the dict it
-    returns joins the searcher status) and ``after_step_hook()`` after the update (-> after_tell,
-    given ``stats()``; its dict joins the status too).
+    values about to be evaluated), ``after_eval_hook(batch)`` after it (-> after_evaluate) and
+    ``after_step_hook()`` after the update (-> after_tell, given ``stats()`` and the extras so
+    far). Statistics the plugins return are collected in ``extras``.
     """
     problem = searcher.problem
     problem.before_eval_hook.append(lambda batch: hooks.after_ask(batch.access_values(keep_evals=True)))
-    problem.after_eval_hook.append(lambda batch: hooks.after_evaluate(batch.evals[:, 0]) or None)
-    searcher.after_step_hook.append(lambda: hooks.after_tell(stats()) or None)
+    problem.after_eval_hook.append(
+        lambda batch: extras.update(hooks.after_evaluate(batch.evals[:, 0].as_subclass(torch.Tensor)))
+    )
+    searcher.after_step_hook.append(lambda: extras.update(hooks.after_tell({**stats(), **extras})))

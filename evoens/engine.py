@@ -53,7 +53,6 @@ def evoens_run_loop(run: Run) -> dict[str, Any]:
     stats: dict[str, Any] = {}
     best = float("-inf")
     for generation in range(run.generation, run.config.generations):
-        run.hooks.generation = generation
         run.hook.evoens_generation_start(run=run, generation=generation)
         stats = {k: as_number(v) for k, v in run.trainer.step(generation).items()}
         run.generation = generation + 1

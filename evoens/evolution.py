@@ -24,7 +24,7 @@ from torch import nn
 
 from evoens.bridge import Batch, Evaluator, GenerationHooks, attach_searcher
 from evoens.datasets import Batcher
-from evoens.fitness import FitnessFn, sanitize
+from evoens.fitness import FitnessFn, fitness_stats, sanitize
 from evoens.population import Population, module_to_flat
 
 logging.getLogger("evotorch").setLevel(logging.WARNING)  # one INFO line per Problem otherwise
@@ -115,41 +115,25 @@ class EvolutionTrainer:
         self.searcher = searcher
         self.batcher = batcher
         problem.evaluator = hooks.evaluate
-        attach_searcher(searcher, hooks, self._stats)
+        self.extras: dict[str, Any] = {}  # statistics returned by plugin hooks this generation
+        attach_searcher(searcher, hooks, self._stats, self.extras)
 
     def _stats(self) -> dict[str, Any]:
-        status = self.searcher.status
+        population = self.searcher.population
+        evals = population.evals[:, 0].as_subclass(torch.Tensor)  # (P,)
         return {
-            "best_fitness": status["pop_best_eval"],
-            "mean_fitness": status["mean_eval"],
-            "median_fitness": status["median_eval"],
-            "worst_fitness": status["worst_eval"],
-            "best_ever_fitness": status["best_eval"],
+            **fitness_stats(evals),
+            "best_ever_fitness": self.searcher.status["best_eval"],
             "nonfinite": self.problem.nonfinite,
-            "diversity": self.searcher.population.values.std(dim=0, correction=0).mean(),  # mean per-weight std
+            "diversity": population.values.std(dim=0, correction=0).mean(),  # mean per-weight std
         }
 
     def step(self, generation: int) -> dict[str, Any]:
         self.problem.nonfinite = torch.zeros((), dtype=torch.long)
         self.problem.batch = self.batcher.next()
+        self.extras.clear()
         self.searcher.step()
-        status = self.searcher.status
-        known = {
-            "best",
-            "center",
-            "pop_best",
-            "worst",
-            "stdev",
-            "iter",
-            "best_eval",
-            "pop_best_eval",
-            "mean_eval",
-            "median_eval",
-            "worst_eval",
-            "stepsize",
-        }
-        extras = {k: v for k, v in dict(status).items() if k not in known}  # from hooks
-        return {**self._stats(), **extras}
+        return {**self._stats(), **self.extras}
 
     def candidates(self) -> dict[str, torch.Tensor]:
         """Flat ``(D,)`` parameter vectors worth testing as the run's final model."""

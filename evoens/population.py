@@ -25,8 +25,16 @@ from torch.func import functional_call
 
 from evoens.strategies import STRATEGIES, Strategy, UnsupportedInput
 
-__all__ = ["STRATEGIES", "ParamSlot", "Population", "Strategy", "UnsupportedInput",
-           "benchmark_strategies", "flat_layout", "module_to_flat"]
+__all__ = [
+    "STRATEGIES",
+    "ParamSlot",
+    "Population",
+    "Strategy",
+    "UnsupportedInput",
+    "benchmark_strategies",
+    "flat_layout",
+    "module_to_flat",
+]
 
 _AUTO_CHOICE: dict[tuple, str] = {}  # auto key -> fastest strategy name, shared by all populations
 _CHUNK_LIMIT: dict[tuple, int] = {}  # run key -> largest chunk that did not run out of memory
@@ -65,7 +73,8 @@ def signature(template: nn.Module) -> str:
 def _is_oom(err: BaseException) -> bool:
     msg = str(err)
     return isinstance(err, torch.OutOfMemoryError) or (
-        isinstance(err, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg))
+        isinstance(err, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
+    )
 
 
 def _sync(device: torch.device) -> None:
@@ -94,16 +103,25 @@ def _infer_per_member(template: nn.Module, x: Tensor, size: int) -> bool:
             return x.dim() == rank + 2
         elif next(m.parameters(), None) is not None:
             break
-    raise ValueError(f"cannot tell whether input {tuple(x.shape)} is shared (B, ...) or per member "
-                     f"(P={size}, B, ...); pass per_member=True or False")
+    raise ValueError(
+        f"cannot tell whether input {tuple(x.shape)} is shared (B, ...) or per member "
+        f"(P={size}, B, ...); pass per_member=True or False"
+    )
 
 
 class Population:
     """P networks of one architecture; ``pop(x)`` runs them all: ``(B, ...)`` or ``(P, B, ...)``
     input -> ``(P, B, ...out)``."""
 
-    def __init__(self, template: nn.Module, flat: Tensor, buffers: dict[str, Tensor] | None = None,
-                 *, strategy: str = "auto", max_chunk: int | None = None) -> None:
+    def __init__(
+        self,
+        template: nn.Module,
+        flat: Tensor,
+        buffers: dict[str, Tensor] | None = None,
+        *,
+        strategy: str = "auto",
+        max_chunk: int | None = None,
+    ) -> None:
         self.template = template
         self.layout = flat_layout(template)
         D = sum(s.numel for s in self.layout)
@@ -128,8 +146,9 @@ class Population:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_module(cls, template: nn.Module, size: int, *, reinit: bool = True,
-                    generator: torch.Generator | None = None, **kw: Any) -> Population:
+    def from_module(
+        cls, template: nn.Module, size: int, *, reinit: bool = True, generator: torch.Generator | None = None, **kw: Any
+    ) -> Population:
         """``size`` members: freshly initialised (``reset_parameters``) or copies of ``template``."""
         device = next(template.parameters(), torch.zeros(0)).device
         if not reinit:
@@ -138,8 +157,7 @@ class Population:
         rng = torch.random.fork_rng(devices=[]) if generator is not None else nullcontext()
         with rng:
             if generator is not None:  # seed the forked global RNG that reset_parameters draws from
-                torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator,
-                                                    device=generator.device)))
+                torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator, device=generator.device)))
             rows = []
             for _ in range(size):
                 for m in scratch.modules():
@@ -168,8 +186,9 @@ class Population:
         same = flat.shape[0] == self.size
         if not (same or self._shared_buffers or not self.buffers):
             raise ValueError(f"per-member buffers exist for {self.size} members, not {flat.shape[0]}")
-        pop = Population(self.template, flat, self.buffers if same else None,
-                         strategy=self.strategy, max_chunk=self.max_chunk)
+        pop = Population(
+            self.template, flat, self.buffers if same else None, strategy=self.strategy, max_chunk=self.max_chunk
+        )
         pop._shared_buffers = self._shared_buffers or not same
         pop._signature = self._signature
         return pop
@@ -177,8 +196,7 @@ class Population:
     def to(self, device: torch.device | str) -> Population:
         """The population on ``device`` (the template itself is never used for compute)."""
         buffers = None if self._shared_buffers else {k: v.to(device) for k, v in self.buffers.items()}
-        pop = Population(self.template, self.flat.to(device), buffers,
-                         strategy=self.strategy, max_chunk=self.max_chunk)
+        pop = Population(self.template, self.flat.to(device), buffers, strategy=self.strategy, max_chunk=self.max_chunk)
         pop._signature = self._signature
         return pop
 
@@ -211,7 +229,7 @@ class Population:
         """``name -> (P, *shape)`` views into ``flat`` (fresh each access, so always current)."""
         out = {}
         for s in self.layout:
-            cols = self.flat[:, s.offset:s.offset + s.numel]  # (P, numel)
+            cols = self.flat[:, s.offset : s.offset + s.numel]  # (P, numel)
             # A flat whose columns are strided (e.g. a transpose) cannot be viewed; copy then.
             out[s.name] = cols.view(-1, *s.shape) if cols.stride(1) == 1 else cols.reshape(-1, *s.shape)
         return out
@@ -233,8 +251,7 @@ class Population:
         return self._signature
 
     # ------------------------------------------------------------------ forward
-    def forward(self, x: Tensor, *, strategy: str | None = None,
-                per_member: bool | None = None) -> Tensor:
+    def forward(self, x: Tensor, *, strategy: str | None = None, per_member: bool | None = None) -> Tensor:
         """All members on ``x``: shared ``(B, ...)`` or per member ``(P, B, ...)`` -> ``(P, B, ...)``.
 
         ``per_member`` is inferred from the template's first layer when None."""
@@ -246,8 +263,7 @@ class Population:
         training = tuple(m.training for m in self.template.modules())
         if self._shared_buffers and self.buffers and any(training):
             # Train-mode BatchNorm writes its running stats in place: give each member its own.
-            self.buffers = {k: v.clone(memory_format=torch.contiguous_format)
-                            for k, v in self.buffers.items()}
+            self.buffers = {k: v.clone(memory_format=torch.contiguous_format) for k, v in self.buffers.items()}
             self._shared_buffers = False
         if name != "auto":
             strat = STRATEGIES.get(name)
@@ -258,8 +274,16 @@ class Population:
                 raise ValueError(f"strategy '{name}' cannot run this template: {reason}")
             self.last_strategy = name
             return self._chunked(strat, x, per_member)
-        key = (self.signature(), training, self.size, tuple(x.shape), per_member, str(self.device),
-               self.dtype, self._needs_grad(x))
+        key = (
+            self.signature(),
+            training,
+            self.size,
+            tuple(x.shape),
+            per_member,
+            str(self.device),
+            self.dtype,
+            self._needs_grad(x),
+        )
         choice = _AUTO_CHOICE.get(key)
         if choice is not None:
             self.last_strategy = choice
@@ -315,17 +339,35 @@ class Population:
 
     def _chunked(self, strat: Strategy, x: Tensor, per_member: bool) -> Tensor:
         P = self.size
-        key = (self.signature(), strat.name, tuple(x.shape), per_member, str(self.device), self.dtype,
-               self._needs_grad(x))
+        key = (
+            self.signature(),
+            strat.name,
+            tuple(x.shape),
+            per_member,
+            str(self.device),
+            self.dtype,
+            self._needs_grad(x),
+        )
         chunk = min(self.max_chunk or self._budget_chunk(x, per_member), _CHUNK_LIMIT.get(key, P), P)
         params, outs, start = self.params, [], 0
         while start < P:
             stop = min(start + chunk, P)
-            p, b = (params, self.buffers) if stop - start == P else \
-                ({k: v[start:stop] for k, v in d.items()} for d in (params, self.buffers))
+            p, b = (
+                (params, self.buffers)
+                if stop - start == P
+                else ({k: v[start:stop] for k, v in d.items()} for d in (params, self.buffers))
+            )
             try:
-                outs.append(strat.forward(self.template, p, b, x[start:stop] if per_member else x,
-                                          size=stop - start, per_member=per_member))
+                outs.append(
+                    strat.forward(
+                        self.template,
+                        p,
+                        b,
+                        x[start:stop] if per_member else x,
+                        size=stop - start,
+                        per_member=per_member,
+                    )
+                )
             except Exception as err:
                 if not _is_oom(err) or stop - start == 1:
                     raise
@@ -349,15 +391,19 @@ class Population:
         elems = _ACT_ELEMS[key]
         if elems is None:
             return self.size  # unknown: rely on out-of-memory halving
-        budget = (torch.cuda.get_device_properties(self.device).total_memory // 8
-                  if self.device.type == "cuda" else _CPU_BUDGET)
+        budget = (
+            torch.cuda.get_device_properties(self.device).total_memory // 8
+            if self.device.type == "cuda"
+            else _CPU_BUDGET
+        )
         batch = x.shape[1] if per_member else (x.shape[0] if x.dim() else 1)
         per_member_bytes = max(1, batch * elems * self.flat.element_size())
         return max(1, budget // per_member_bytes)
 
 
-def _probe_activations(template: nn.Module, tensors: dict[str, Tensor], sample: tuple[int, ...],
-                       grad: bool) -> int | None:
+def _probe_activations(
+    template: nn.Module, tensors: dict[str, Tensor], sample: tuple[int, ...], grad: bool
+) -> int | None:
     """Activation elements per member per sample, from one member's forward on two zero samples.
 
     With grad every layer output is kept for backward (sum); without, about two are alive (2 max).
@@ -387,10 +433,16 @@ def _probe_activations(template: nn.Module, tensors: dict[str, Tensor], sample: 
     return sum(counts) if grad else 2 * max(counts)
 
 
-def benchmark_strategies(template: nn.Module, P: int, batch: int, repeats: int = 5, *,
-                         input_shape: tuple[int, ...] | None = None,
-                         device: torch.device | str | None = None,
-                         per_member: bool = False) -> dict[str, float]:
+def benchmark_strategies(
+    template: nn.Module,
+    P: int,
+    batch: int,
+    repeats: int = 5,
+    *,
+    input_shape: tuple[int, ...] | None = None,
+    device: torch.device | str | None = None,
+    per_member: bool = False,
+) -> dict[str, float]:
     """Median seconds per forward (no grad) for each strategy that runs ``template`` on this input."""
     if input_shape is None:
         first = next((m for m in _leaf_modules(template) if next(m.parameters(), None) is not None), None)

@@ -46,8 +46,9 @@ class Strategy:
     def supports(self, template: nn.Module) -> bool:
         return self.why_not(template) is None
 
-    def forward(self, template: nn.Module, params: Tensors, buffers: Tensors, x: Tensor,
-                *, size: int, per_member: bool) -> Tensor:
+    def forward(
+        self, template: nn.Module, params: Tensors, buffers: Tensors, x: Tensor, *, size: int, per_member: bool
+    ) -> Tensor:
         raise NotImplementedError
 
 
@@ -61,11 +62,14 @@ class LoopStrategy(Strategy):
     def why_not(self, template: nn.Module) -> str | None:
         return None
 
-    def forward(self, template: nn.Module, params: Tensors, buffers: Tensors, x: Tensor,
-                *, size: int, per_member: bool) -> Tensor:
+    def forward(
+        self, template: nn.Module, params: Tensors, buffers: Tensors, x: Tensor, *, size: int, per_member: bool
+    ) -> Tensor:
         # Buffers are passed as views, so train-mode BatchNorm updates each member's own stats.
-        outs = [functional_call(template, ({**_member(params, i), **_member(buffers, i)},),
-                                (x[i] if per_member else x,)) for i in range(size)]
+        outs = [
+            functional_call(template, ({**_member(params, i), **_member(buffers, i)},), (x[i] if per_member else x,))
+            for i in range(size)
+        ]
         return torch.stack(outs)  # (P, B, ...out)
 
 
@@ -75,16 +79,19 @@ class VmapStrategy(Strategy):
     def why_not(self, template: nn.Module) -> str | None:
         return None
 
-    def forward(self, template: nn.Module, params: Tensors, buffers: Tensors, x: Tensor,
-                *, size: int, per_member: bool) -> Tensor:
+    def forward(
+        self, template: nn.Module, params: Tensors, buffers: Tensors, x: Tensor, *, size: int, per_member: bool
+    ) -> Tensor:
         def one(p: Tensors, b: Tensors, xi: Tensor) -> Tensor:
             return functional_call(template, ({**p, **b},), (xi,))
+
         # "different": members draw independent dropout masks, as they would in the loop.
         run = torch.vmap(one, in_dims=(0, 0, 0 if per_member else None), randomness="different")
         return run(params, buffers, x)  # (P, B, ...out)
 
 
 # ---------------------------------------------------------------- planned (Sequential) strategies
+
 
 class Op(NamedTuple):
     kind: str  # linear | bn1d | bn2d | conv | pool | act | flatten | softmax
@@ -95,8 +102,23 @@ class Op(NamedTuple):
         return f"{self.name}.{attr}" if self.name else attr
 
 
-_ACTS = (nn.ReLU, nn.ReLU6, nn.Tanh, nn.Sigmoid, nn.GELU, nn.LeakyReLU, nn.ELU, nn.SiLU,
-         nn.Softplus, nn.Hardtanh, nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Softsign, nn.Identity)
+_ACTS = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.GELU,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.SiLU,
+    nn.Softplus,
+    nn.Hardtanh,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Softsign,
+    nn.Identity,
+)
 _DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d)
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
@@ -108,8 +130,11 @@ def _plain(m: nn.Module, classes: tuple[type[nn.Module], ...]) -> bool:
 
 def _leaves(module: nn.Module, name: str = "") -> list[tuple[str, nn.Module]]:
     if _plain(module, (nn.Sequential,)) and not (module._forward_hooks or module._forward_pre_hooks):
-        return [leaf for child_name, child in module.named_children()
-                for leaf in _leaves(child, f"{name}.{child_name}" if name else child_name)]
+        return [
+            leaf
+            for child_name, child in module.named_children()
+            for leaf in _leaves(child, f"{name}.{child_name}" if name else child_name)
+        ]
     return [(name, module)]
 
 
@@ -253,8 +278,14 @@ def _softmax(op: Op, p: Tensors, b: Tensors, mode: str, h: Tensor, P: int) -> St
 
 
 _STEPS: dict[str, Callable[[Op, Tensors, Tensors, str, Tensor, int], State]] = {
-    "linear": _linear, "bn1d": _bn, "bn2d": _bn, "conv": _conv, "pool": _pool, "act": _act,
-    "flatten": _flatten, "softmax": _softmax,
+    "linear": _linear,
+    "bn1d": _bn,
+    "bn2d": _bn,
+    "conv": _conv,
+    "pool": _pool,
+    "act": _act,
+    "flatten": _flatten,
+    "softmax": _softmax,
 }
 
 
@@ -269,8 +300,7 @@ def _enter(op: Op, h: Tensor) -> State:
     raise UnsupportedInput(f"per-member input of shape {tuple(h.shape)} before '{op.name}'")
 
 
-def run_plan(ops: list[Op], params: Tensors, buffers: Tensors, x: Tensor, size: int,
-             per_member: bool) -> Tensor:
+def run_plan(ops: list[Op], params: Tensors, buffers: Tensors, x: Tensor, size: int, per_member: bool) -> Tensor:
     """Execute ``ops`` for ``size`` members; returns ``(P, B, ...out)``."""
     P = size
     mode, h = ("pm" if per_member else "x"), x  # (P, B, ...) or (B, ...)
@@ -301,8 +331,9 @@ class PlannedStrategy(Strategy):
             return f"no {self.need} layer (use 'bmm' for linear stacks)"
         return None
 
-    def forward(self, template: nn.Module, params: Tensors, buffers: Tensors, x: Tensor,
-                *, size: int, per_member: bool) -> Tensor:
+    def forward(
+        self, template: nn.Module, params: Tensors, buffers: Tensors, x: Tensor, *, size: int, per_member: bool
+    ) -> Tensor:
         ops = plan(template, self.kinds)
         if isinstance(ops, str):
             raise ValueError(f"strategy '{self.name}' cannot run this template: {ops}")  # noqa: TRY004

@@ -89,7 +89,6 @@ def test_a_plugin_can_replace_the_default_loop(tmp_path: Any) -> None:
     class OneShot:
         @hookimpl
         def evoens_run_loop(self, run: Any) -> dict[str, Any]:
-            run.hooks.generation = 0
             run.trainer.step(0)
             run.generation = 1
             return {"generations": 1, "best_fitness": -1.0, "replaced": True}
@@ -123,3 +122,25 @@ def test_wrapper_hooks_see_every_evaluation(tmp_path: Any) -> None:
     timer = Timer()
     run_inline(tiny_config(generations=3), tmp_path, timer)
     assert timer.n == 3
+
+
+@pytest.mark.parametrize("trainer", ["evolution", "gradient"])
+def test_statistics_returned_by_plugins_reach_the_reporters(tmp_path: Any, trainer: str) -> None:
+    reported: list[dict[str, Any]] = []
+
+    class Extra:
+        @hookimpl
+        def evoens_after_evaluate(self, generation: int, fitness: Any) -> dict[str, float]:
+            return {"spread": float(fitness.max() - fitness.min()), "seen_generation": generation}
+
+        @hookimpl
+        def evoens_after_tell(self, stats: dict[str, Any]) -> dict[str, float]:
+            return {"spread_twice": 2 * stats["spread"]}
+
+        @hookimpl
+        def evoens_report(self, stats: dict[str, Any]) -> None:
+            reported.append(stats)
+
+    run_inline(tiny_config(generations=2, trainer={"name": trainer}), tmp_path, Extra())
+    assert [s["seen_generation"] for s in reported] == [0, 1]
+    assert all(s["spread_twice"] == pytest.approx(2 * s["spread"]) for s in reported)
