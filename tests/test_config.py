@@ -101,7 +101,7 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, ""))
     assert cfg == RunConfig()
     assert (cfg.seed, cfg.generations, cfg.device, cfg.eval_every) == (0, 100, "auto", 10)
-    assert cfg.reporters == ["jsonl", "tensorboard"]
+    assert cfg.reporters == ["jsonl", "tensorboard", "plot"]
     assert cfg.data == DataConfig("digits", 0, 0.1, 0.2, None, {})
     assert cfg.model == ModelConfig("mlp", [32], "tanh", {})
     assert cfg.trainer.popsize == 64 and cfg.trainer.searcher == "pgpe"
@@ -116,7 +116,7 @@ def test_mutable_defaults_are_not_shared() -> None:
     a.model.hidden.append(5)
     a.reporters.clear()
     a.extra["x"] = 1
-    assert b.model.hidden == [32] and b.reporters == ["jsonl", "tensorboard"] and b.extra == {}
+    assert b.model.hidden == [32] and b.reporters == ["jsonl", "tensorboard", "plot"] and b.extra == {}
 
 
 def test_full_example_loads(tmp_path: Path) -> None:
