@@ -48,6 +48,7 @@ setup(
             "core = evoens.builtins.core",
             "searchers = evoens.builtins.searchers",
             "reporters = evoens.builtins.reporters",
+            "checkpoint = evoens.builtins.checkpointing",
             "loop = evoens.engine",
             "bench = evoens_bench.hooks",
         ],

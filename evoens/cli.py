@@ -1,4 +1,4 @@
-"""The ``evoens`` command: run, bench, plugins, --version.
+"""The ``evoens`` command: run, resume, bench, plugins, --version.
 
 User errors (a bad config, missing data, an unknown provider, a broken plugin) print one line
 ``evoens: error: ...`` and exit with code 2; tracebacks only with ``--debug``.
@@ -18,11 +18,9 @@ from evoens import __version__
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from evoens.config import ConfigError
-    from evoens.datasets import DataError
-    from evoens.errors import UserError
+    from evoens.errors import UserError  # ConfigError, DataError, PluginError, ... are UserErrors
 
-    return (UserError, ConfigError, DataError)
+    return (UserError,)
 
 
 def _plugin_args(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", choices=["cpu", "cuda", "auto"], help="override the config's device")
     run.add_argument("--data-dir", help="directory of downloaded datasets (also EVOENS_DATA_DIR)")
     _plugin_args(run)
+
+    resume = sub.add_parser("resume", help="continue a run directory from its newest checkpoint")
+    resume.add_argument("dir", help="the run directory (holds config.toml and checkpoints/)")
+    resume.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the run's config, e.g. --set generations=500",
+    )
+    _plugin_args(resume)
 
     bench = sub.add_parser("bench", help="run a benchmark suite (no NAME: list the suites)")
     bench.add_argument("name", nargs="?", help="suite name, see `evoens bench`")
@@ -100,6 +110,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_resume(args: argparse.Namespace) -> int:
+    from evoens.config import load_config
+    from evoens.engine import resume
+
+    config_path = Path(args.dir) / "config.toml"
+    summary = resume(args.dir, _manager(args, load_config(config_path, args.overrides)), args.overrides)
+    print(f"run resumed and finished: {Path(args.dir) / 'summary.json'} status={summary.get('status')}")
+    return 0
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from evoens.manager import describe_plugins
 
@@ -136,7 +156,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "bench": cmd_bench, "plugins": cmd_plugins}
+COMMANDS = {"run": cmd_run, "resume": cmd_resume, "bench": cmd_bench, "plugins": cmd_plugins}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,10 +17,11 @@ from typing import Any
 import torch
 
 from evoens import hookimpl
-from evoens.config import RunConfig, dump_toml
+from evoens.checkpoint import load_latest
+from evoens.config import RunConfig, dump_toml, load_config
 from evoens.errors import PluginError, UserError
 from evoens.manager import PluginManager, plugin_for_exception
-from evoens.run import Run, build_run, final_evaluation
+from evoens.run import Run, build_run, final_evaluation, restore_run
 
 log = logging.getLogger("evoens")
 
@@ -51,16 +52,15 @@ def call_reporters(run: Run, generation: int, stats: dict[str, Any]) -> None:
 def evoens_run_loop(run: Run) -> dict[str, Any]:
     """The default loop: ask/variation, evaluate and tell happen inside ``trainer.step``."""
     stats: dict[str, Any] = {}
-    best = float("-inf")
     for generation in range(run.generation, run.config.generations):
         run.hook.evoens_generation_start(run=run, generation=generation)
         stats = {k: as_number(v) for k, v in run.trainer.step(generation).items()}
         run.generation = generation + 1
-        best = max(best, stats["best_fitness"])
+        run.best_fitness = max(run.best_fitness, stats["best_fitness"])
         call_reporters(run, generation, stats)
         if run.hook.evoens_should_stop(run=run, generation=generation, stats=stats):
             break
-    return {"generations": run.generation, "best_fitness": best, "final_stats": stats}
+    return {"generations": run.generation, "best_fitness": run.best_fitness, "final_stats": stats}
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
@@ -97,7 +97,22 @@ def execute(config: RunConfig, out_dir: str | Path, pm: PluginManager) -> dict[s
     out.mkdir(parents=True, exist_ok=True)
     pm.hook.evoens_configure.call_historic(kwargs={"config": config})
     (out / "config.toml").write_text(dump_toml(config))
+    return _drive(build_run(config, out, pm))
+
+
+def resume(out_dir: str | Path, pm: PluginManager, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Continue the run in ``out_dir`` from its newest readable checkpoint."""
+    out = Path(out_dir)
+    config = load_config(out / "config.toml", overrides or [])
+    path, state = load_latest(out)
+    pm.hook.evoens_configure.call_historic(kwargs={"config": config})
     run = build_run(config, out, pm)
+    restore_run(run, state)
+    log.info("resuming %s at generation %d from %s", out, run.generation, path.name)
+    return _drive(run)
+
+
+def _drive(run: Run) -> dict[str, Any]:
     try:
         _call(run, "evoens_run_start", run=run)
         result = _call(run, "evoens_run_loop", run=run) or {}
@@ -111,4 +126,4 @@ def execute(config: RunConfig, out_dir: str | Path, pm: PluginManager) -> dict[s
     return summary
 
 
-__all__ = ["Run", "execute", "evoens_run_loop"]
+__all__ = ["Run", "execute", "resume", "evoens_run_loop"]

@@ -23,6 +23,7 @@ from evotorch import Problem, SolutionBatch
 from torch import nn
 
 from evoens.bridge import Batch, Evaluator, GenerationHooks, attach_searcher
+from evoens.checkpoint import object_state, restore_object
 from evoens.datasets import Batcher
 from evoens.fitness import FitnessFn, fitness_stats, sanitize
 from evoens.population import Population, module_to_flat
@@ -134,6 +135,28 @@ class EvolutionTrainer:
         self.extras.clear()
         self.searcher.step()
         return {**self._stats(), **self.extras}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"searcher": object_state(self.searcher), "problem": object_state(self.problem)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore into this freshly built trainer. One silent priming step first creates what
+        EvoTorch builds lazily (population, optimizer state), so every saved value has a home;
+        the caller restores the batcher and RNGs afterwards, which undoes the step's draws."""
+        hooks = [self.problem.before_eval_hook, self.problem.after_eval_hook, self.searcher.after_step_hook]
+        saved = [list(h) for h in hooks]
+        evaluator, self.problem.evaluator = self.problem.evaluator, None
+        try:
+            for h in hooks:
+                h.clear()
+            self.problem.batch = self.batcher.next()
+            self.searcher.step()
+        finally:
+            for h, funcs in zip(hooks, saved):
+                h.extend(funcs)
+            self.problem.evaluator = evaluator
+        restore_object(self.searcher, state["searcher"])
+        restore_object(self.problem, state["problem"])
 
     def candidates(self) -> dict[str, torch.Tensor]:
         """Flat ``(D,)`` parameter vectors worth testing as the run's final model."""

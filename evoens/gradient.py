@@ -56,6 +56,14 @@ class GradientTrainer:
         stats.update(self.hooks.after_tell(stats))
         return stats
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"flat": self.population.flat.detach().clone(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            self.population.flat.copy_(state["flat"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
     def candidates(self) -> dict[str, torch.Tensor]:
         """Every member is a candidate final model: ``{"member3": (D,)}``."""
         return {f"member{i}": row.detach() for i, row in enumerate(self.population.flat)}

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from evoens.checkpoint import rng_state, set_rng_state
 from evoens.config import RunConfig
 from evoens.datasets import Batcher, DataSplits, Split
 from evoens.errors import UserError
@@ -36,7 +37,8 @@ class Run:
     fitness_fn: Any = None
     trainer: Any = None
     hooks: Any = None
-    generation: int = 0
+    generation: int = 0  # generations completed (= the index of the one in progress)
+    best_fitness: float = float("-inf")  # best population fitness seen so far
     started: float = field(default_factory=time.perf_counter)
     summary: dict[str, Any] = field(default_factory=dict)
     plugin_state: dict[str, Any] = field(default_factory=dict)  # plugins keep per-run objects here
@@ -75,6 +77,26 @@ def build_run(config: RunConfig, out_dir: Path, pm: PluginManager) -> Run:
     run.hooks = PluggyHooks(run)
     run.trainer = registry.create("trainer", config.trainer.name, run)
     return run
+
+
+def run_state(run: Run) -> dict[str, Any]:
+    """Everything :func:`restore_run` needs to continue ``run`` bit-for-bit (see evoens.checkpoint)."""
+    return {
+        "generation": run.generation,
+        "best_fitness": run.best_fitness,
+        "trainer": run.trainer.state_dict(),
+        "batcher": run.batcher.state_dict(),
+        "rng": rng_state(),
+    }
+
+
+def restore_run(run: Run, state: dict[str, Any]) -> None:
+    """Put a freshly built run into the checkpointed state (trainer first: its set-up draws)."""
+    run.trainer.load_state_dict(state["trainer"])
+    run.batcher.load_state_dict(state["batcher"])
+    set_rng_state(state["rng"])
+    run.generation = state["generation"]
+    run.best_fitness = state["best_fitness"]
 
 
 def split_accuracy(population: Population, split: Split, chunk: int = 1024) -> torch.Tensor:

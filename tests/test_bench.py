@@ -16,8 +16,13 @@ from evoens.cli import main
 
 def _tiny_suite(quick: bool, device: torch.device, env: dict[str, Any]) -> BenchResult:
     seconds = time_call(lambda: torch.ones(8) @ torch.ones(8), device)
-    return BenchResult("tiny", ["case", "ms"], [{"case": "dot", "ms": seconds * 1e3}], notes=["a note"],
-                       plot=lambda path: path.write_bytes(b"\x89PNG fake"))
+    return BenchResult(
+        "tiny",
+        ["case", "ms"],
+        [{"case": "dot", "ms": seconds * 1e3}],
+        notes=["a note"],
+        plot=lambda path: path.write_bytes(b"\x89PNG fake"),
+    )
 
 
 def test_run_suite_writes_json_markdown_and_plot(tmp_path: Path) -> None:

@@ -58,8 +58,15 @@ def test_run_writes_a_run_directory(tmp_path: Path) -> None:
     assert {p["name"] for p in summary["plugins"]} >= {"core", "loop", "searchers", "reporters"}
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["generation"] for m in metrics] == [0, 1, 2]
-    for key in ("best_fitness", "mean_fitness", "median_fitness", "diversity", "test_accuracy",
-                "generations_per_second", "nonfinite"):
+    for key in (
+        "best_fitness",
+        "mean_fitness",
+        "median_fitness",
+        "diversity",
+        "test_accuracy",
+        "generations_per_second",
+        "nonfinite",
+    ):
         assert key in metrics[-1], key
     assert (out / "fitness.png").read_bytes()[:4] == b"\x89PNG"
     assert list((out / "tb").glob("events.out.tfevents.*"))

@@ -25,14 +25,18 @@ GRAD_TOL = {"atol": 1e-5, "rtol": 1e-4}
 
 # ------------------------------------------------------------------ architectures (input shape per sample)
 
+
 def mlp_relu() -> nn.Module:
     return nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
 
 
 def mlp_tanh() -> nn.Module:  # nested Sequential, bias-free layer, in-place activation
-    return nn.Sequential(nn.Sequential(nn.Linear(5, 6), nn.Tanh()),
-                         nn.Sequential(nn.Linear(6, 6, bias=False), nn.LeakyReLU(0.1, inplace=True)),
-                         nn.Linear(6, 2), nn.LogSoftmax(dim=-1))
+    return nn.Sequential(
+        nn.Sequential(nn.Linear(5, 6), nn.Tanh()),
+        nn.Sequential(nn.Linear(6, 6, bias=False), nn.LeakyReLU(0.1, inplace=True)),
+        nn.Linear(6, 2),
+        nn.LogSoftmax(dim=-1),
+    )
 
 
 def flatten_mlp() -> nn.Module:
@@ -40,26 +44,44 @@ def flatten_mlp() -> nn.Module:
 
 
 def bn_mlp() -> nn.Module:
-    return nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.3),
-                         nn.Linear(8, 3)).eval()
+    return nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.3), nn.Linear(8, 3)).eval()
 
 
 def convnet_bn() -> nn.Module:  # Conv + ReLU + MaxPool + Conv + BatchNorm2d + Flatten + Linear, 8x8 input
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(4, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(24, 3)).eval()
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(24, 3),
+    ).eval()
 
 
 def conv_misc() -> nn.Module:  # stride, dilation, circular padding, avg pool, groups=2, no bias, 9x9 input
-    return nn.Sequential(nn.Conv2d(2, 4, 3, stride=2, padding=2, dilation=2, padding_mode="circular"),
-                         nn.Tanh(), nn.AvgPool2d(2), nn.Conv2d(4, 4, 1, groups=2, bias=False),
-                         nn.Flatten(), nn.Linear(16, 2))
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3, stride=2, padding=2, dilation=2, padding_mode="circular"),
+        nn.Tanh(),
+        nn.AvgPool2d(2),
+        nn.Conv2d(4, 4, 1, groups=2, bias=False),
+        nn.Flatten(),
+        nn.Linear(16, 2),
+    )
 
 
 def evojax_convnet() -> nn.Module:  # EvoJAX's MNIST ConvNet: 11,274 parameters
-    return nn.Sequential(nn.Conv2d(1, 8, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(8, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Flatten(), nn.Linear(784, 10))
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(784, 10),
+    )
 
 
 ARCHS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
@@ -105,11 +127,11 @@ def cases() -> list:
 
 # ------------------------------------------------------------------ parity with the loop
 
+
 @pytest.mark.parametrize("arch,strategy", cases())
 @pytest.mark.parametrize("P,max_chunk", [(1, None), (5, None), (7, 3)])
 @pytest.mark.parametrize("per_member", [False, True], ids=["shared", "per_member"])
-def test_strategy_matches_loop(arch: str, strategy: str, P: int, max_chunk: int | None,
-                               per_member: bool) -> None:
+def test_strategy_matches_loop(arch: str, strategy: str, P: int, max_chunk: int | None, per_member: bool) -> None:
     pop = make_pop(arch, P, max_chunk=max_chunk)
     x = make_x(arch, P, per_member)
     with torch.no_grad():
@@ -143,6 +165,7 @@ def test_loop_is_each_member_alone(arch: str, per_member: bool) -> None:
 
 
 # ------------------------------------------------------------------ layout
+
 
 def test_evojax_convnet_has_11274_parameters() -> None:
     assert Population.from_module(evojax_convnet(), 2).num_params == 11_274
@@ -186,6 +209,7 @@ def test_flat_is_not_copied() -> None:
 
 # ------------------------------------------------------------------ gradients
 
+
 @pytest.mark.parametrize("arch", ["mlp_relu", "mlp_tanh", "bn_mlp", "convnet_bn", "conv_misc"])
 @pytest.mark.parametrize("per_member", [False, True], ids=["shared", "per_member"])
 def test_gradients_match_loop(arch: str, per_member: bool) -> None:
@@ -210,18 +234,28 @@ def test_gradients_match_loop(arch: str, per_member: bool) -> None:
 
 # ------------------------------------------------------------------ chunking and out-of-memory
 
+
 @pytest.mark.parametrize("strategy", ["loop", "vmap", "bmm"])
 def test_forced_small_chunks_equal_unchunked(strategy: str) -> None:
     pop = make_pop("bn_mlp", 7)
     x = make_x("bn_mlp", 7, False)
     whole = pop(x, strategy=strategy)
     for chunk in (1, 2, 3, 6):
-        assert_close(Population(pop.template, pop.flat, pop.buffers, max_chunk=chunk)(x, strategy=strategy),
-                     whole, atol=1e-6, rtol=1e-6)
+        assert_close(
+            Population(pop.template, pop.flat, pop.buffers, max_chunk=chunk)(x, strategy=strategy),
+            whole,
+            atol=1e-6,
+            rtol=1e-6,
+        )
 
 
-@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate"),
-                                   RuntimeError("DefaultCPUAllocator: can't allocate memory")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate"),
+        RuntimeError("DefaultCPUAllocator: can't allocate memory"),
+    ],
+)
 def test_out_of_memory_halves_the_chunk(monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
     monkeypatch.setattr(population, "_CHUNK_LIMIT", {})
     strat = STRATEGIES["bmm"]
@@ -266,6 +300,7 @@ def test_budget_chunks_large_activations() -> None:
 
 # ------------------------------------------------------------------ unsupported architectures
 
+
 class Custom(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -275,15 +310,18 @@ class Custom(nn.Module):
         return self.fc(x) * 2
 
 
-@pytest.mark.parametrize("template,strategy,layer", [
-    (nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2, 1)), "bmm", "'0' (Conv2d)"),
-    (nn.Sequential(nn.Linear(5, 4), nn.LayerNorm(4)), "bmm", "'1' (LayerNorm)"),
-    (nn.Sequential(nn.Linear(5, 4), nn.LayerNorm(4)), "grouped_conv", "'1' (LayerNorm)"),
-    (nn.Sequential(nn.Linear(5, 4), nn.Linear(4, 2)), "grouped_conv", "no conv layer"),
-    (Custom(), "bmm", "(Custom)"),
-    (nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4)).train(), "bmm", "'1' (BatchNorm1d)"),
-    (nn.Sequential(nn.Linear(5, 4), nn.Dropout(0.5)).train(), "bmm", "'1' (Dropout)"),
-])
+@pytest.mark.parametrize(
+    "template,strategy,layer",
+    [
+        (nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2, 1)), "bmm", "'0' (Conv2d)"),
+        (nn.Sequential(nn.Linear(5, 4), nn.LayerNorm(4)), "bmm", "'1' (LayerNorm)"),
+        (nn.Sequential(nn.Linear(5, 4), nn.LayerNorm(4)), "grouped_conv", "'1' (LayerNorm)"),
+        (nn.Sequential(nn.Linear(5, 4), nn.Linear(4, 2)), "grouped_conv", "no conv layer"),
+        (Custom(), "bmm", "(Custom)"),
+        (nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4)).train(), "bmm", "'1' (BatchNorm1d)"),
+        (nn.Sequential(nn.Linear(5, 4), nn.Dropout(0.5)).train(), "bmm", "'1' (Dropout)"),
+    ],
+)
 def test_unsupported_layer_is_named(template: nn.Module, strategy: str, layer: str) -> None:
     assert not STRATEGIES[strategy].supports(template)
     pop = Population.from_module(template, 2)
@@ -312,6 +350,7 @@ def test_unknown_strategy_lists_known() -> None:
 
 
 # ------------------------------------------------------------------ construction and input kinds
+
 
 def test_from_module_is_deterministic_and_leaves_global_rng() -> None:
     template = mlp_relu()
@@ -383,6 +422,7 @@ def test_benchmark_strategies_reports_each_supported_strategy() -> None:
 
 
 # ------------------------------------------------------------------ GPU
+
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

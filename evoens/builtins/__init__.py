@@ -8,5 +8,6 @@ CORE_PLUGINS: dict[str, str] = {
     "core": "evoens.builtins.core",
     "searchers": "evoens.builtins.searchers",
     "reporters": "evoens.builtins.reporters",
+    "checkpoint": "evoens.builtins.checkpointing",
     "loop": "evoens.engine",
 }

@@ -28,12 +28,22 @@ def _scalars(stats: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def _generation(line: str) -> float:
+    try:
+        return json.loads(line)["generation"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+
+
 class JsonlReporter:
     """One JSON object per generation in ``metrics.jsonl`` (plus generations per second)."""
 
-    def __init__(self, out_dir: Path) -> None:
+    def __init__(self, out_dir: Path, resume_at: int = 0) -> None:
         self.path = out_dir / "metrics.jsonl"
         self.last = time.perf_counter()
+        if resume_at and self.path.exists():  # drop lines past the checkpoint (and a torn last line)
+            kept = [line for line in self.path.read_text().splitlines() if _generation(line) < resume_at]
+            self.path.write_text("".join(line + "\n" for line in kept))
 
     def report(self, generation: int, stats: dict[str, Any]) -> None:
         now = time.perf_counter()
@@ -119,7 +129,10 @@ class ProgressReporter:
 @hookimpl
 def evoens_register_providers() -> Iterator[Provider]:
     yield Provider(
-        "reporter", "jsonl", lambda run: JsonlReporter(run.out_dir), "DIR/metrics.jsonl, a line per generation"
+        "reporter",
+        "jsonl",
+        lambda run: JsonlReporter(run.out_dir, run.generation),
+        "DIR/metrics.jsonl, a line per generation",
     )
     yield Provider(
         "reporter", "tensorboard", lambda run: TensorBoardReporter(run.out_dir), "tensorboardX events in DIR/tb"

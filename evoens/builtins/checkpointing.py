@@ -1,0 +1,59 @@
+"""The checkpoint plugin: a checkpoint every ``checkpoint.every`` generations and one when
+SIGINT or SIGTERM arrives (after which the run stops cleanly, its summary saying
+``"status": "interrupted"``); ``evoens resume DIR`` continues from the newest one."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Any
+
+from evoens import hookimpl
+from evoens.checkpoint import save
+from evoens.run import Run, run_state
+
+log = logging.getLogger("evoens")
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@hookimpl
+def evoens_run_start(run: Run) -> None:
+    state: dict[str, Any] = {"signal": None, "previous": {}}
+    run.plugin_state["checkpoint"] = state
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers can only be installed from the main thread
+
+    def stop_after_this_generation(signum: int, _frame: Any) -> None:
+        if state["signal"] is not None:  # a second signal: stop right away
+            raise KeyboardInterrupt
+        state["signal"] = signal.Signals(signum).name
+        log.warning("%s received: checkpointing after this generation, then stopping", state["signal"])
+
+    for sig in SIGNALS:
+        state["previous"][sig] = signal.signal(sig, stop_after_this_generation)
+
+
+@hookimpl(trylast=True)
+def evoens_report(run: Run, generation: int) -> None:
+    state = run.plugin_state["checkpoint"]
+    every = run.config.checkpoint.every
+    if state["signal"] or (every and (generation + 1) % every == 0):
+        save(run.out_dir, run.generation, run_state(run), run.config.checkpoint.keep)
+
+
+@hookimpl
+def evoens_should_stop(run: Run) -> bool | None:
+    return True if run.plugin_state["checkpoint"]["signal"] else None
+
+
+@hookimpl
+def evoens_summary(run: Run) -> dict[str, Any] | None:
+    received = run.plugin_state["checkpoint"]["signal"]
+    return {"status": "interrupted", "signal": received} if received else None
+
+
+@hookimpl
+def evoens_run_end(run: Run) -> None:
+    for sig, handler in run.plugin_state.get("checkpoint", {}).get("previous", {}).items():
+        signal.signal(sig, handler)
