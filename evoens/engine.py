@@ -26,11 +26,15 @@ from evoens.run import Run, build_run, final_evaluation, restore_run
 log = logging.getLogger("evoens")
 
 
-def as_number(value: Any) -> Any:
-    """Statistics stay tensors on the device during a generation; convert once, for reports."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return value.item()
-    return value
+def as_numbers(stats: dict[str, Any]) -> dict[str, Any]:
+    """Statistics stay tensors on the device during a generation; they reach the host once,
+    in a single transfer, when they are reported."""
+    keys = [k for k, v in stats.items() if isinstance(v, torch.Tensor) and v.numel() == 1]
+    if not keys:
+        return dict(stats)
+    device = stats[keys[0]].device
+    values = torch.stack([stats[k].detach().reshape(()).to(device, torch.float64) for k in keys]).tolist()
+    return {**stats, **dict(zip(keys, values))}
 
 
 def call_reporters(run: Run, generation: int, stats: dict[str, Any]) -> None:
@@ -54,7 +58,7 @@ def evoens_run_loop(run: Run) -> dict[str, Any]:
     stats: dict[str, Any] = {}
     for generation in range(run.generation, run.config.generations):
         run.hook.evoens_generation_start(run=run, generation=generation)
-        stats = {k: as_number(v) for k, v in run.trainer.step(generation).items()}
+        stats = as_numbers(run.trainer.step(generation))
         run.generation = generation + 1
         run.best_fitness = max(run.best_fitness, stats["best_fitness"])
         call_reporters(run, generation, stats)
