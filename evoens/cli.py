@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -159,11 +160,33 @@ def cmd_bench(args: argparse.Namespace) -> int:
 COMMANDS = {"run": cmd_run, "resume": cmd_resume, "bench": cmd_bench, "plugins": cmd_plugins}
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time (it may be replaced, e.g. by pytest)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def _configure_output(debug: bool) -> None:
+    """evoens's own log lines on stderr; third-party import-time noise stays out of the way."""
+    # evotorch 0.6.1 calls torch.jit.script at import, which torch >= 2.10 deprecates
+    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+    log = logging.getLogger("evoens")
+    if not log.handlers:
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("evoens: %(levelname)s: %(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO if debug else logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.debug else logging.WARNING, format="evoens: %(levelname)s: %(message)s"
-    )
+    _configure_output(args.debug)
     try:
         return COMMANDS[args.command](args)
     except _user_errors() as exc:

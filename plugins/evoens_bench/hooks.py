@@ -9,7 +9,8 @@ from evoens import Provider, hookimpl
 
 @hookimpl
 def evoens_register_providers() -> Iterator[Provider]:
-    from evoens_bench import generation, throughput
+    from evoens_bench import evojax_mnist, generation, throughput
 
     yield Provider("benchmark", "throughput", throughput.suite, throughput.DESCRIPTION)
     yield Provider("benchmark", "generation", generation.suite, generation.DESCRIPTION)
+    yield Provider("benchmark", "evojax-mnist", evojax_mnist.suite, evojax_mnist.DESCRIPTION)
