@@ -123,3 +123,43 @@ def test_quickstart_reaches_90_percent_on_digits(tmp_path: Path) -> None:
     assert main(["run", str(REPO / "examples" / "quickstart.toml"), "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["test_accuracy"] >= 0.90
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_progress_bar_only_on_a_terminal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tty: bool) -> None:
+    from evoens import hookimpl
+    from evoens.testing import run_inline, tiny_config
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: tty, raising=False)
+    seen: list[list[str]] = []
+
+    class Peek:
+        @hookimpl(trylast=True)
+        def evoens_run_start(self, run: object) -> None:
+            seen.append(sorted(run.plugin_state["reporters"]))  # type: ignore[attr-defined]
+
+    run_inline(tiny_config(generations=1), tmp_path, Peek())
+    assert seen == [["progress"] if tty else []]
+
+
+def test_tensorboard_events_hold_the_generation_statistics(tmp_path: Path) -> None:
+    from tensorboardX.proto import event_pb2
+
+    out = tmp_path / "out"
+    assert main(["run", str(_config(tmp_path)), "--out", str(out)]) == 0
+    tags = set()
+    for path in (out / "tb").glob("events.out.tfevents.*"):
+        data = path.read_bytes()
+        while data:  # TFRecord framing: length (8) + crc (4) + payload + crc (4)
+            length = int.from_bytes(data[:8], "little")
+            event = event_pb2.Event.FromString(data[12 : 12 + length])
+            tags |= {v.tag for v in event.summary.value}
+            data = data[16 + length :]
+    assert tags >= {
+        "best_fitness",
+        "mean_fitness",
+        "median_fitness",
+        "test_accuracy",
+        "diversity",
+        "generations_per_second",
+    }

@@ -64,10 +64,14 @@ class TensorBoardReporter:
         from tensorboardX import SummaryWriter
 
         self.writer = SummaryWriter(str(out_dir / "tb"))
+        self.last = time.perf_counter()
 
     def report(self, generation: int, stats: dict[str, Any]) -> None:
+        now = time.perf_counter()
         for key, value in _scalars(stats).items():
             self.writer.add_scalar(key, value, generation)
+        self.writer.add_scalar("generations_per_second", 1.0 / max(now - self.last, 1e-9), generation)
+        self.last = now
 
     def close(self) -> None:
         self.writer.close()

@@ -39,8 +39,12 @@ def config(generations: int, device: torch.device, data_dir: str | None) -> dict
             "name": "evolution",
             "searcher": "pgpe",
             "popsize": 64,
-            "searcher_options": {"center_learning_rate": 0.006, "stdev_learning_rate": 0.089,
-                                 "stdev_init": 0.039, "optimizer": "adam"},
+            "searcher_options": {
+                "center_learning_rate": 0.006,
+                "stdev_learning_rate": 0.089,
+                "stdev_init": 0.039,
+                "optimizer": "adam",
+            },
         },
     }
 
@@ -54,11 +58,24 @@ def suite(quick: bool, device: torch.device, env: dict[str, Any]) -> BenchResult
         metrics = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
     rates = [m["generations_per_second"] for m in metrics[1:]]
     ms = 1e3 / (sum(rates) / len(rates))
-    rows = [{"generation": m["generation"] + 1, "test_accuracy": m["test_accuracy"],
-             "evojax_test_accuracy": EVOJAX.get(m["generation"] + 1)} for m in metrics if "test_accuracy" in m]
+    rows = [
+        {
+            "generation": m["generation"] + 1,
+            "test_accuracy": m["test_accuracy"],
+            "evojax_test_accuracy": EVOJAX.get(m["generation"] + 1),
+        }
+        for m in metrics
+        if "test_accuracy" in m
+    ]
     rows.append({"generation": "ms/generation", "test_accuracy": ms, "evojax_test_accuracy": EVOJAX_MS_PER_GEN})
-    notes = [f"Final test accuracy {summary['test_accuracy']:.4f} ({summary['selected']} parameters) after "
-             f"{generations} generations; {ms:.1f} ms per generation on {env['device_name']} "
-             f"vs EvoJAX's {EVOJAX_MS_PER_GEN} ms on its GPU. EvoJAX's accuracy at 2000: 0.9743."]
-    return BenchResult("evojax-mnist: PGPE on MNIST, EvoJAX's configuration",
-                       ["generation", "test_accuracy", "evojax_test_accuracy"], rows, notes)
+    notes = [
+        f"Final test accuracy {summary['test_accuracy']:.4f} ({summary['selected']} parameters) after "
+        f"{generations} generations; {ms:.1f} ms per generation on {env['device_name']} "
+        f"vs EvoJAX's {EVOJAX_MS_PER_GEN} ms on its GPU. EvoJAX's accuracy at 2000: 0.9743."
+    ]
+    return BenchResult(
+        "evojax-mnist: PGPE on MNIST, EvoJAX's configuration",
+        ["generation", "test_accuracy", "evojax_test_accuracy"],
+        rows,
+        notes,
+    )
