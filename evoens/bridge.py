@@ -17,7 +17,7 @@ from evoens.errors import PluginError
 from evoens.population import Population
 
 if TYPE_CHECKING:
-    from evoens.engine import Run
+    from evoens.run import Run
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 Evaluator = Callable[[Population, Batch], torch.Tensor]
@@ -34,7 +34,7 @@ class GenerationHooks(Protocol):
 
 def _merge(results: list[dict[str, Any] | None]) -> dict[str, Any]:
     merged: dict[str, Any] = {}
-    for extra in reversed(results):  # pluggy returns LIFO; let the earliest-registered win
+    for extra in reversed(results):  # pluggy answers newest plugin first: apply in registration order
         merged.update(extra or {})
     return merged
 

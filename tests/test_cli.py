@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from evoens import __version__
 from evoens.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
+NEEDS_NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error shown without CUDA")
 TINY = """
 seed = 1
 generations = 3
@@ -81,6 +83,9 @@ def test_run_writes_a_run_directory(tmp_path: Path) -> None:
         (["--set", "trainer.lr=-1"], "trainer.lr = -1.0: must be > 0"),
         (["--set", "data.name=digitz"], "unknown dataset 'digitz' (did you mean 'digits'?)"),
         (["-p", "no:searchers"], "unknown searcher 'snes'; known: none registered"),
+        (["--set", "model.name=convnet"], "model 'convnet': needs (C, H, W) inputs, got (64,)"),
+        (["--set", "seed=-1"], "seed = -1: must be >= 0"),
+        pytest.param(["--device", "cuda"], "device = 'cuda' but no CUDA device is available", marks=NEEDS_NO_CUDA),
     ],
 )
 def test_user_errors_exit_2_with_one_line(

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from evoens import Provider, hookimpl
-from evoens.config import DataConfig, ModelConfig
+from evoens.config import ConfigError, DataConfig, ModelConfig
 from evoens.datasets import DATASETS, DataSplits, load_dataset
 from evoens.evolution import EvolutionTrainer, build_evolution
 from evoens.fitness import FITNESS
@@ -59,6 +59,10 @@ def _mlp(input_shape: tuple[int, ...], num_outputs: int, cfg: ModelConfig) -> to
 
 
 def _convnet(input_shape: tuple[int, ...], num_outputs: int, cfg: ModelConfig) -> torch.nn.Module:
+    unknown = sorted(set(cfg.options) - {"channels", "kernel"})
+    if unknown or len(input_shape) != 3:
+        problem = f"unknown option(s) {', '.join(unknown)}" if unknown else f"needs (C, H, W) inputs, got {input_shape}"
+        raise ConfigError(f"model 'convnet': {problem}; options: channels (list of widths), kernel (int)")
     return convnet(input_shape, num_outputs, activation=cfg.activation, **cfg.options)
 
 
