@@ -19,6 +19,7 @@ known layers; ``why_not`` names the first layer they cannot run. Pure torch, no 
 from __future__ import annotations
 
 import copy
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -34,22 +35,23 @@ class UnsupportedInput(ValueError):
     """The architecture is supported but this input's shape is not (``auto`` then skips it)."""
 
 
-class Strategy:
+class Strategy(ABC):
     """A way to run all members' forward at once; subclasses set ``name`` and implement both methods."""
 
     name: str = ""
 
+    @abstractmethod
     def why_not(self, template: nn.Module) -> str | None:
         """None when this strategy can run ``template``, else a reason naming the layer."""
-        raise NotImplementedError
 
     def supports(self, template: nn.Module) -> bool:
         return self.why_not(template) is None
 
+    @abstractmethod
     def forward(
         self, template: nn.Module, params: Tensors, buffers: Tensors, x: Tensor, *, size: int, per_member: bool
     ) -> Tensor:
-        raise NotImplementedError
+        """All members on ``x``: ``(P, B, ...)`` outputs."""
 
 
 def _member(d: Tensors, i: int) -> Tensors:
