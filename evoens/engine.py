@@ -57,14 +57,17 @@ def evoens_run_loop(run: Run) -> dict[str, Any]:
     """The default loop: ask/variation, evaluate and tell happen inside ``trainer.step``."""
     stats: dict[str, Any] = {}
     for generation in range(run.generation, run.config.generations):
+        started = time.perf_counter()
         run.hook.evoens_generation_start(run=run, generation=generation)
         stats = as_numbers(run.trainer.step(generation))
+        stats["generations_per_second"] = 1.0 / max(time.perf_counter() - started, 1e-9)
         run.generation = generation + 1
         run.best_fitness = max(run.best_fitness, stats["best_fitness"])
         call_reporters(run, generation, stats)
         if run.hook.evoens_should_stop(run=run, generation=generation, stats=stats):
             break
-    return {"generations": run.generation, "best_fitness": run.best_fitness, "final_stats": stats}
+    final = {k: v for k, v in stats.items() if k != "generations_per_second"}  # results, not timings
+    return {"generations": run.generation, "best_fitness": run.best_fitness, "final_stats": final}
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:

@@ -109,16 +109,23 @@ def split_accuracy(population: Population, split: Split, chunk: int = 1024) -> t
     return hits / max(len(split.y), 1)
 
 
-def candidate_accuracies(run: Run) -> dict[str, Any]:
-    """Validation and test accuracy of the trainer's candidates; the one with the best
-    validation accuracy (training accuracy when there is no validation split) is selected."""
+def candidate_accuracies(run: Run, completed: int) -> dict[str, Any]:
+    """Validation and test accuracy of the trainer's candidates after ``completed`` generations;
+    the one with the best validation accuracy (training accuracy when there is no validation
+    split) is selected. Memoized per ``completed``: the last generation's report and the final
+    summary share one evaluation."""
+    cached = run.plugin_state.get("accuracy")
+    if cached is not None and cached[0] == completed:
+        return cached[1]
     names, vectors = zip(*run.trainer.candidates().items())
     population = Population(run.template, torch.stack(vectors), strategy=run.config.trainer.strategy)
     judge = run.data.val if len(run.data.val.y) else run.data.train
     val = split_accuracy(population, judge)  # (K,)
     pick = int(val.argmax())
     test = split_accuracy(population.with_flat(population.flat[pick : pick + 1]), run.data.test)
-    return {"selected": names[pick], "val_accuracy": float(val[pick]), "test_accuracy": float(test[0])}
+    found = {"selected": names[pick], "val_accuracy": float(val[pick]), "test_accuracy": float(test[0])}
+    run.plugin_state["accuracy"] = (completed, found)
+    return found
 
 
 def final_evaluation(run: Run) -> dict[str, Any]:
@@ -126,5 +133,5 @@ def final_evaluation(run: Run) -> dict[str, Any]:
     plugins = [{"name": n, "version": i.version} for n, i in sorted(run.pm.infos.items())]
     result: dict[str, Any] = {"plugins": plugins, "seed": run.config.seed, "device": str(run.device)}
     if run.data.num_classes > 0:
-        result.update(candidate_accuracies(run))
+        result.update(candidate_accuracies(run, run.generation))
     return result

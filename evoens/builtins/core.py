@@ -104,5 +104,5 @@ def evoens_after_tell(run: Run, generation: int) -> dict[str, Any] | None:
     last = generation + 1 == run.config.generations
     if run.data.num_classes <= 0 or not (last or (generation + 1) % run.config.eval_every == 0):
         return None
-    found = candidate_accuracies(run)
+    found = candidate_accuracies(run, generation + 1)  # the trainer has told: gen is complete
     return {"val_accuracy": found["val_accuracy"], "test_accuracy": found["test_accuracy"]}

@@ -8,7 +8,6 @@ import json
 import logging
 import math
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,19 +35,16 @@ def _generation(line: str) -> float:
 
 
 class JsonlReporter:
-    """One JSON object per generation in ``metrics.jsonl`` (plus generations per second)."""
+    """One JSON object per generation in ``metrics.jsonl``."""
 
     def __init__(self, out_dir: Path, resume_at: int = 0) -> None:
         self.path = out_dir / "metrics.jsonl"
-        self.last = time.perf_counter()
         if resume_at and self.path.exists():  # drop lines past the checkpoint (and a torn last line)
             kept = [line for line in self.path.read_text().splitlines() if _generation(line) < resume_at]
             self.path.write_text("".join(line + "\n" for line in kept))
 
     def report(self, generation: int, stats: dict[str, Any]) -> None:
-        now = time.perf_counter()
-        row = {"generation": generation, **_scalars(stats), "generations_per_second": 1.0 / max(now - self.last, 1e-9)}
-        self.last = now
+        row = {"generation": generation, **_scalars(stats)}
         finite = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
         with self.path.open("a") as f:  # opened per line: a crash never leaks or truncates the file
             f.write(json.dumps(finite) + "\n")
@@ -64,14 +60,10 @@ class TensorBoardReporter:
         from tensorboardX import SummaryWriter
 
         self.writer = SummaryWriter(str(out_dir / "tb"))
-        self.last = time.perf_counter()
 
     def report(self, generation: int, stats: dict[str, Any]) -> None:
-        now = time.perf_counter()
         for key, value in _scalars(stats).items():
             self.writer.add_scalar(key, value, generation)
-        self.writer.add_scalar("generations_per_second", 1.0 / max(now - self.last, 1e-9), generation)
-        self.last = now
 
     def close(self) -> None:
         self.writer.close()
