@@ -51,6 +51,8 @@ setup(
             "checkpoint = evoens.builtins.checkpointing",
             "loop = evoens.engine",
             "bench = evoens_bench.hooks",
+            "binary = evoens_binary.hooks",
+            "morph = evoens_morph.hooks",
         ],
     },
     classifiers=[

@@ -1,0 +1,1 @@
+"""evoens_binary: binarized networks and their gradient estimators (STE family, NES, CDG)."""
