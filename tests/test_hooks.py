@@ -23,7 +23,7 @@ class RecordEverything:
 def _recorder(name: str) -> Any:
     argnames = list(inspect.signature(getattr(hookspecs, name)).parameters)
 
-    def impl(self: RecordEverything, **kwargs: Any) -> None:
+    def impl(self: RecordEverything, *args: Any, **kwargs: Any) -> None:  # pluggy < 1.7 passes args positionally
         self.calls.append(name)
 
     # pluggy reads the argument names of the function: give each impl the spec's signature
