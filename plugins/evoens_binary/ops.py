@@ -52,7 +52,8 @@ def quantize_kbit(x: Tensor, bits: int) -> Tensor:
     if bits < 1:
         raise ValueError(f"bits must be >= 1, got {bits}")
     n = float(2**bits - 1)
-    return torch.round(x.clamp(0.0, 1.0) * n) / n
+    # Round half up (floor(v + 0.5)), not torch.round's half-to-even: bits=1 is then exactly step.
+    return torch.floor(x.clamp(0.0, 1.0) * n + 0.5) / n
 
 
 def quantize(x: Tensor, convention: Convention = "sign", bits: int = 1) -> Tensor:
