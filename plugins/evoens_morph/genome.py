@@ -100,6 +100,7 @@ class FilterBank:
 
     def __init__(self, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
+        self.input_shape: tuple[int, ...] | None = None  # one sample's shape, set by base_genome
         self.specs: dict[int, LayerSpec] = {}
         self.blocks: dict[int, dict[int, nn.Module]] = {}
         self._next_layer = 0
@@ -153,10 +154,13 @@ class FilterBank:
         return sum(len(b) for b in self.blocks.values())
 
 
-class _Layer(nn.Module):
+class GenomeLayer(nn.Module):
+    """One layer of a genome: ``pad(x) + sum_b z_b(x)`` (residual) or ``sum_b z_b(x)`` (plain)."""
+
     def __init__(self, spec: LayerSpec, blocks: list[nn.Module]) -> None:
         super().__init__()
         self.residual = spec.kind == "residual"
+        self.in_channels, self.out_channels = spec.in_channels, spec.out_channels
         self.pad = spec.out_channels - spec.in_channels
         self.blocks = nn.ModuleList(blocks)
 
@@ -175,8 +179,10 @@ class GenomeNet(nn.Module):
         if not genome or any(not g.block_ids for g in genome):
             raise ValueError("GenomeNet: a genome needs at least one layer and every layer at least one block")
         self.genome = genome
+        if bank.input_shape is not None:
+            self.input_shape = bank.input_shape  # for probe batches and FLOP counts
         self.layers = nn.ModuleList(
-            _Layer(bank.specs[g.layer_id], [bank.block(g.layer_id, b) for b in g.block_ids]) for g in genome
+            GenomeLayer(bank.specs[g.layer_id], [bank.block(g.layer_id, b) for b in g.block_ids]) for g in genome
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -225,6 +231,7 @@ def base_genome(
     """The starting network: per width a residual layer (one randomly initialised block) then a
     2x2 max-pool, then Flatten-Linear-ReLU-Linear (cs231n report's base network, sized down)."""
     genome, channels, size = [], in_channels, image_size
+    bank.input_shape = (in_channels, image_size, image_size)
     for width in widths:
         layer = bank.new_layer(LayerSpec("residual", channels, width))
         block = R2RBlock(channels, width, width, kernel_size, zero_init=False, generator=generator)
