@@ -10,8 +10,8 @@ tensors start fresh. The learning-rate rules are options (``lr_rule``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Literal
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -105,15 +105,24 @@ def carry_over_optimizer(
     return opt
 
 
-def carry_over_from_report(
-    old_opt: torch.optim.Optimizer, old_model: nn.Module, new_model: nn.Module, report: object, **options: object
+def carry_over_from_reports(
+    opt: torch.optim.Optimizer, old: nn.Module, new: nn.Module, reports: Sequence[Any], **options: Any
 ) -> torch.optim.Optimizer:
-    """:func:`carry_over_optimizer` for a transform that returned ``(new_model, report)``."""
-    return carry_over_optimizer(
-        old_opt,
-        new_model,
-        report.new_param_names,  # type: ignore[attr-defined]
-        old_params=dict(old_model.named_parameters()),
-        positions=report.widened,  # type: ignore[attr-defined]
-        **options,  # type: ignore[arg-type]
-    )
+    """:func:`carry_over_optimizer` after one or several transforms ``old`` -> ... -> ``new``.
+
+    ``reports``: their MorphReports in order; renames (deepening wraps a module) and slice positions
+    (widening) are composed name by name. ``options`` go to :func:`carry_over_optimizer`.
+    """
+    names = {n: n for n, _ in old.named_parameters()}  # old name -> current name
+    positions: dict[str, tuple[torch.Tensor, ...]] = {}  # current name -> positions of the ORIGINAL entries
+    fresh: set[str] = set()
+    for report in reports:
+        renamed = getattr(report, "renamed", {})
+        names = {o: renamed.get(c, c) for o, c in names.items()}
+        positions = {renamed.get(c, c): p for c, p in positions.items()}
+        fresh = {renamed.get(c, c) for c in fresh} | set(report.new_param_names)
+        for cur, grid in report.widened.items():
+            prev = positions.get(cur)
+            positions[cur] = grid if prev is None else tuple(g[p] for g, p in zip(grid, prev))
+    old_params = {names[o]: p for o, p in old.named_parameters()}
+    return carry_over_optimizer(opt, new, fresh, old_params=old_params, positions=positions, **options)

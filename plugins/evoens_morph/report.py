@@ -23,7 +23,8 @@ class MorphReport:
 
     ``new_param_names``: tensors that did not exist before (a new optimizer state is needed).
     ``widened``: name -> per-dim indices of the old entries in the grown tensor
-    (``new[ix_(*pos)] == old``). ``max_abs_diff`` / ``max_abs_diff_train``: max |f_new(x) - f_old(x)|
+    (``new[ix_(*pos)] == old``; BN buffers included). ``renamed``: parameters that moved (a
+    deepened module is wrapped). ``max_abs_diff`` / ``max_abs_diff_train``: max |f_new(x) - f_old(x)|
     on the probe batch in eval / train mode. ``exact_modes``: the modes in which the scheme is
     function preserving by construction (checked against ``tol``).
     """
@@ -40,7 +41,7 @@ class MorphReport:
     max_abs_diff_train: float
     exact_modes: tuple[str, ...]
     tol: float = DEFAULT_TOL
-    notes: list[str] = field(default_factory=list)
+    renamed: dict[str, str] = field(default_factory=dict)  # old -> new names of moved parameters
 
     @property
     def changed_param_names(self) -> list[str]:

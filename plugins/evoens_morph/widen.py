@@ -95,8 +95,7 @@ def _widen_per_channel(model: nn.Module, path: str, inserts: list[Insert], schem
     for key in parts[0][1]:
         value, index = insert_along(getattr(bn, key).detach(), 0, [(pos, vals[key]) for pos, vals in parts])
         _set(bn, key, value)
-        if isinstance(getattr(bn, key), nn.Parameter):
-            widened[f"{path}.{key}"] = (index,)
+        widened[f"{path}.{key}"] = (index,)  # buffers too: the state dict's old entries stay findable
     bn.num_features = bn.weight.shape[0] if bn.weight is not None else bn.running_mean.shape[0]
 
 

@@ -1,0 +1,211 @@
+"""Suite ``morph``: function preservation of every transform, and growing a net mid-training.
+
+(a) For every transform × architecture (MLP, CNN, small ResNet with zero-pad and projection skips,
+two-path concat net): max |Δ| of the outputs on a probe batch in train and eval mode, parameters
+and FLOPs before/after, plus a chained widen→deepen→widen row. (b) MNIST: widen / deepen a small
+CNN at the midpoint of training vs the big architecture from scratch at equal wall time
+(:mod:`evoens_morph.bench_train`). (c) the architecture-neuroevolution rows of
+``evoens_morph.ne_bench.ne_rows`` when that module exists. Reference numbers (R2R paper Table 2,
+cs231n report) are CIFAR-10 and are quoted in the notes for context only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from evoens_morph import families
+from evoens_morph.bench_train import Curve, TrainSizes, training_curves
+from evoens_morph.mutations import OPERATORS, MorphOptions
+
+DESCRIPTION = "function-preserving transforms: preservation table, grow-mid-training vs scratch on MNIST, NE"
+WIDEN_SITE = {"mlp": "1", "cnn": "4", "resnet": "3.conv2", "concat": "3.branches.0.0"}
+NET2NET_SITE = {"resnet": "3.conv1"}  # Net2WiderNet cannot widen a skip volume: block-internal site
+DEEPEN_POINT = {"mlp": "3", "cnn": "6", "resnet": "4", "concat": "6"}
+COLUMNS = [
+    "part", "arch", "transform", "site", "max_abs_diff_eval", "max_abs_diff_train", "exact_modes",
+    "params_before", "params_after", "flops_before", "flops_after",
+    "acc_at_mid", "acc_after_transform", "final_test_acc", "steps", "wall_ratio",
+]  # fmt: skip
+
+
+def _row(arch: str, name: str, site: str, report: Any) -> dict[str, Any]:
+    return {
+        "part": "a", "arch": arch, "transform": name, "site": site,
+        "max_abs_diff_eval": report.max_abs_diff, "max_abs_diff_train": report.max_abs_diff_train,
+        "exact_modes": "+".join(report.exact_modes) or "none",
+        "params_before": report.params_before, "params_after": report.params_after,
+        "flops_before": report.flops_before, "flops_after": report.flops_after,
+    }  # fmt: skip
+
+
+def preservation_rows(input_shape: tuple[int, ...], device: torch.device) -> list[dict[str, Any]]:
+    rows = []
+    for arch, build in families.FAMILIES.items():
+        torch.manual_seed(0)
+        model = build(input_shape).to(device)
+        probe = torch.randn(32, *input_shape, generator=torch.Generator().manual_seed(1)).to(device)
+        for name, op in OPERATORS.items():
+            site = DEEPEN_POINT[arch] if name.endswith("deepen") else WIDEN_SITE[arch]
+            if name == "net2net_widen":
+                site = NET2NET_SITE.get(arch, site)
+            _, report = op(model, site, MorphOptions(amount=4, probe=probe), torch.Generator().manual_seed(2))
+            rows.append(_row(arch, name, site, report))
+        rows.append(_chain_row(arch, model, probe))
+    return rows
+
+
+def _chain_row(arch: str, model: torch.nn.Module, probe: torch.Tensor) -> dict[str, Any]:
+    """r2r widen -> r2r deepen -> r2r widen (same volume), compared with the ORIGINAL model."""
+    gen = torch.Generator().manual_seed(3)
+    opts = MorphOptions(amount=4, probe=probe)
+    site = WIDEN_SITE[arch]
+    cur, first = OPERATORS["r2r_widen"](model, site, opts, gen)
+    cur, _ = OPERATORS["r2r_deepen"](cur, DEEPEN_POINT[arch], opts, gen)
+    cur, last = OPERATORS["r2r_widen"](cur, site, opts, gen)
+    diffs = {}
+    for mode in ("eval", "train"):
+        a, b = model.train(mode == "train"), cur.train(mode == "train")
+        with torch.no_grad():
+            diffs[mode] = float((a(probe) - b(probe)).abs().max())
+    model.eval()
+    row = _row(arch, "r2r widen->deepen->widen", site, last)
+    row.update(
+        max_abs_diff_eval=diffs["eval"], max_abs_diff_train=diffs["train"],
+        params_before=first.params_before, flops_before=first.flops_before,
+    )  # fmt: skip
+    return row
+
+
+def _curve_rows(curves: list[Curve]) -> list[dict[str, Any]]:
+    ref = next(c for c in curves if c.name == "r2r_widen").extra["wall"]
+    rows = []
+    for c in curves:
+        e = c.extra
+        rows.append(
+            {
+                "part": "b", "arch": "mnist-cnn", "transform": c.name,
+                "max_abs_diff_eval": e.get("max_abs_diff_eval"), "max_abs_diff_train": e.get("max_abs_diff_train"),
+                "acc_at_mid": e.get("acc_at_mid"), "acc_after_transform": e.get("acc_after_transform"),
+                "final_test_acc": e["final_test_acc"], "steps": c.points[-1][1], "wall_ratio": e["wall"] / ref,
+            }
+        )  # fmt: skip
+    return rows
+
+
+def ne_part(quick: bool, device: torch.device) -> tuple[list[dict[str, Any]], list[str]]:
+    """Part (c) from morph-ne's ``ne_bench.ne_rows`` if that module is installed."""
+    if importlib.util.find_spec("evoens_morph.ne_bench") is None:
+        return [], ["- (c) NE rows: not run (evoens_morph.ne_bench is not present in this checkout)."]
+    from evoens_morph import ne_bench
+
+    rows, notes = ne_bench.ne_rows(quick, device)
+    return [{"part": "c", **r} for r in rows], list(notes)
+
+
+def _plot(curves: list[Curve], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for c in curves:
+        ax = axes[1] if "deep" in c.name else axes[0]
+        if c.name.startswith("teacher"):
+            for a in axes:
+                a.plot(*zip(*[(t, acc) for t, _, acc in c.points]), color="gray", ls=":", label=c.name)
+            continue
+        ax.plot(*zip(*[(t, acc) for t, _, acc in c.points]), marker=".", ms=3, label=c.name)
+    for ax, title in zip(axes, ("widen x2 at the midpoint", "deepen at the midpoint")):
+        ax.set(title=title, xlabel="training wall-clock (s, this run)", ylim=(0.8, 1.0))
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("MNIST test accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _load_mnist(data_dir: str | None) -> Any:
+    from evoens.datasets.base import resolve_data_dir
+    from evoens.datasets.mnist import load_mnist
+
+    return load_mnist(resolve_data_dir(data_dir), seed=0, val_fraction=0.0, download=False)
+
+
+def suite(
+    quick: bool, device: torch.device, env: dict[str, Any], *, sizes: TrainSizes | None = None,
+    data: Any = None, with_ne: bool = True,
+) -> Any:  # fmt: skip
+    """The ``morph`` suite; ``sizes``/``data``/``with_ne`` are internal knobs for tests."""
+    from evoens.bench import BenchResult
+
+    start = time.perf_counter()
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # tiny layers on shared cores: one thread is far faster
+    try:
+        rows = preservation_rows((1, 12, 12) if quick else (1, 28, 28), device)
+        sizes = sizes or (TrainSizes(steps=200, eval_every=50, test_size=1000) if quick else TrainSizes())
+        curves = training_curves(data if data is not None else _load_mnist(None), sizes, device)
+        rows += _curve_rows(curves)
+        ne_rows, ne_notes = ne_part(quick, device) if with_ne else ([], ["- (c) NE rows: skipped (with_ne=False)."])
+        rows += ne_rows
+    finally:
+        torch.set_num_threads(threads)
+    columns = COLUMNS + [k for r in rows for k in r if k not in COLUMNS]
+    columns = list(dict.fromkeys(columns))
+    return BenchResult(
+        title="morph: function-preserving transforms (R2R, Net2Net, NetMorph, random pad) and NE",
+        columns=columns,
+        rows=rows,
+        notes=notes(rows, curves, sizes, quick, time.perf_counter() - start) + ne_notes,
+        plot=lambda path: _plot(curves, path),
+    )
+
+
+def notes(rows: list[dict[str, Any]], curves: list[Curve], sizes: TrainSizes, quick: bool, seconds: float) -> list[str]:
+    a = [r for r in rows if r["part"] == "a"]
+    exact = [r for r in a if r["exact_modes"] != "none"]
+    worst = max(
+        max(r["max_abs_diff_eval"], r["max_abs_diff_train"] if "train" in r["exact_modes"] else 0) for r in exact
+    )
+    pad = min(r["max_abs_diff_eval"] for r in a if r["transform"] == "random_pad_widen")
+    by = {c.name: c.extra for c in curves}
+    lines = [
+        "## What was run",
+        "",
+        f"- (a) {len(a)} rows: inputs {'1x12x12' if quick else '1x28x28'}, probe batch 32 of N(0,1), +4 channels per"
+        " producer slice (deepen: one block, 3x3 kernels, hidden = channels); BN layers fresh.",
+        f"  Worst exact-mode max|Δ| over all exact rows: {worst:.2g} (tolerance 1e-5); random pad changes the"
+        f" output by at least {pad:.2g} (so the probe has power). Net2DeeperNet's BN is exact in eval mode only;"
+        " NetMorph (1e-6 noise) and Net2Net with noise are near-exact by design.",
+        f"- (b) MNIST (60k train, first {sizes.test_size} test images), CNN conv3x3 {sizes.channels[0]}->"
+        f"{sizes.channels[1]} channels + FC 32, Adam lr {sizes.lr}, batch {sizes.batch}, {sizes.steps} steps,"
+        f" transform at step {sizes.steps // 2}; widen = both conv volumes x2; deepen = one R2R zero block"
+        " (or Net2Net identity conv+BN+ReLU) after each conv stage; optimizer state carried over (lr kept,"
+        " except the 'lr/5' run). 'from scratch' = the grown architecture re-initialised, trained for the same"
+        " wall time as the R2R run. Times are training-only, one thread; compare them only as ratios.",
+    ]
+    for name in ("r2r_widen", "net2net_widen", "netmorph_widen", "random_pad_widen", "wide from scratch",
+                 "r2r_deepen", "net2net_deepen", "deep from scratch"):  # fmt: skip
+        e = by.get(name)
+        if e:
+            after = e.get("acc_after_transform")
+            lines.append(
+                f"  - {name}: final test acc {e['final_test_acc']:.4f}"
+                + (f" (mid {e['acc_at_mid']:.4f} -> right after transform {after:.4f})" if after is not None else "")
+            )
+    lines += [
+        "- Reference (CIFAR-10, R2R paper Table 2, for context only): from scratch 69.9%, R2WiderR 69.9,"
+        " Net2WiderNet 69.6, NetMorph 69.8, random pad 70.2, R2DeeperR 72.1, Net2DeeperNet 70.5; cs231n report:"
+        " widen at 4500/6000 updates finishes in 136 s vs +44 s from scratch at ~0.70. MNIST saturates near 99%,"
+        " so differences here are small; what this run shows is that exact transforms do not lose accuracy at"
+        " the transform (the 'right after' column) and how the grown nets compare at equal wall time.",
+        f"- Suite wall time {seconds:.0f} s (this machine, contended).",
+    ]
+    return lines

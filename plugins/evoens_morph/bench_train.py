@@ -1,0 +1,185 @@
+"""Part (b) of the ``morph`` suite: transform in the middle of training vs the bigger net from scratch.
+
+The R2R paper (§6, Table 2) and the cs231n report (widen at update 4500 of 6000 in 136 s vs +44 s
+from scratch) compare a student grown from a teacher mid-training with the same architecture trained
+from scratch. Here: a small MNIST CNN trains for ``steps/2`` Adam steps, is widened (both conv volumes
+×2) or deepened (one block per conv stage), and trains ``steps/2`` more with its optimizer state
+carried over (:func:`~evoens_morph.optim.carry_over_from_report`). The big architecture from scratch
+trains for the SAME wall time as the grown run. Test accuracy is logged against wall-clock seconds of
+training only (evaluation pauses the clock).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from evoens_morph.families import cnn
+from evoens_morph.mutations import OPERATORS, MorphOptions
+from evoens_morph.optim import carry_over_from_reports
+from evoens_morph.sites import deepen_points, widen_sites
+
+Grow = Callable[[nn.Module, torch.Tensor, torch.Generator], tuple[nn.Module, list[Any]]]
+
+
+@dataclass(frozen=True)
+class TrainSizes:
+    steps: int = 1600  # total Adam steps of a grown run (transform at steps // 2)
+    batch: int = 64
+    eval_every: int = 100
+    test_size: int = 5000
+    channels: tuple[int, int] = (4, 8)
+    lr: float = 1e-3
+
+
+@dataclass
+class Curve:
+    name: str
+    points: list[tuple[float, int, float]]  # (train wall s, step, test accuracy)
+    extra: dict[str, Any]
+
+
+class Trainer:
+    def __init__(self, data: Any, sizes: TrainSizes, device: torch.device, seed: int = 0) -> None:
+        self.sizes, self.device = sizes, device
+        self.x, self.y = data.train.x.to(device), data.train.y.to(device)
+        self.tx, self.ty = data.test.x[: sizes.test_size].to(device), data.test.y[: sizes.test_size].to(device)
+        self.seed = seed
+
+    def accuracy(self, model: nn.Module) -> float:
+        model.eval()
+        with torch.no_grad():
+            correct = sum(
+                int((model(self.tx[i : i + 1000]).argmax(1) == self.ty[i : i + 1000]).sum())
+                for i in range(0, len(self.ty), 1000)
+            )
+        model.train()
+        return correct / len(self.ty)
+
+    def run(
+        self, model: nn.Module, opt: torch.optim.Optimizer, curve: Curve, *, steps: int | None, wall: float | None,
+        start_step: int = 0, start_wall: float = 0.0, gen: torch.Generator,
+    ) -> tuple[int, float]:  # fmt: skip
+        """Train until ``steps`` more steps or ``wall`` total seconds; return (step, wall)."""
+        step, clock = start_step, start_wall
+        model.train()
+        while (steps is None or step < start_step + steps) and (wall is None or clock < wall):
+            t0 = time.perf_counter()
+            idx = torch.randint(0, len(self.y), (self.sizes.batch,), generator=gen).to(self.device)
+            loss = nn.functional.cross_entropy(model(self.x[idx]), self.y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            clock += time.perf_counter() - t0
+            step += 1
+            if step % self.sizes.eval_every == 0:
+                curve.points.append((clock, step, self.accuracy(model)))
+        return step, clock
+
+
+def _small(sizes: TrainSizes, device: torch.device) -> nn.Module:
+    torch.manual_seed(0)
+    return cnn((1, 28, 28), sizes.channels, hidden=32).to(device)
+
+
+def widen_all(op: str, lr_rule: str = "keep") -> Grow:
+    """Widen every conv volume ×2 with ``op`` (R2R-style: + C new channels each)."""
+
+    def grow(model: nn.Module, probe: torch.Tensor, gen: torch.Generator) -> tuple[nn.Module, list[Any]]:
+        reports = []
+        for site in [s for s, v in widen_sites(model).items() if isinstance(model.get_submodule(s), nn.Conv2d)]:
+            c = model.get_submodule(site).out_channels
+            model, report = OPERATORS[op](model, site, MorphOptions(amount=c, probe=probe, check=False), gen)
+            reports.append(report)
+        return model, reports
+
+    grow.lr_rule = lr_rule  # type: ignore[attr-defined]
+    return grow
+
+
+def deepen_all(op: str) -> Grow:
+    """Insert one block after each conv stage's ReLU."""
+
+    def grow(model: nn.Module, probe: torch.Tensor, gen: torch.Generator) -> tuple[nn.Module, list[Any]]:
+        reports = []
+        points = [p for p, d in deepen_points(model).items() if not d.linear]
+        for point in reversed(points):  # right to left: earlier paths stay valid
+            model, report = OPERATORS[op](model, point, MorphOptions(probe=probe, check=False), gen)
+            reports.append(report)
+        return model, reports
+
+    grow.lr_rule = "keep"  # type: ignore[attr-defined]
+    return grow
+
+
+def grown_run(trainer: Trainer, name: str, grow: Grow | None) -> tuple[Curve, nn.Module]:
+    """Teacher for steps/2, transform, student for steps/2 with the carried-over optimizer."""
+    s = trainer.sizes
+    gen = torch.Generator().manual_seed(trainer.seed)
+    model = _small(s, trainer.device)
+    opt = torch.optim.Adam(model.parameters(), lr=s.lr)
+    curve = Curve(name, [(0.0, 0, trainer.accuracy(model))], {})
+    step, clock = trainer.run(model, opt, curve, steps=s.steps // 2, wall=None, gen=gen)
+    curve.extra["acc_at_mid"] = trainer.accuracy(model)
+    if grow is not None:
+        t0 = time.perf_counter()
+        old = model
+        probe = trainer.x[: s.batch]
+        model, reports = grow(model, probe, gen)
+        opt = carry_over_from_reports(opt, old, model, reports, lr_rule=grow.lr_rule)  # type: ignore[attr-defined]
+        clock += time.perf_counter() - t0
+        curve.extra.update(
+            acc_after_transform=trainer.accuracy(model),
+            max_abs_diff_eval=max(r.max_abs_diff for r in reports),
+            max_abs_diff_train=max(r.max_abs_diff_train for r in reports),
+            transform_s=time.perf_counter() - t0,
+        )
+    trainer.run(model, opt, curve, steps=s.steps - step, wall=None, start_step=step, start_wall=clock, gen=gen)
+    curve.extra["final_test_acc"] = curve.points[-1][2]
+    curve.extra["wall"] = curve.points[-1][0]
+    return curve, model
+
+
+def scratch_run(trainer: Trainer, name: str, template: nn.Module, wall: float) -> Curve:
+    """``template``'s architecture, freshly initialised, trained for ``wall`` seconds."""
+    torch.manual_seed(1)
+    model = copy.deepcopy(template)
+    for m in model.modules():
+        if hasattr(m, "reset_parameters") and m is not model:
+            m.reset_parameters()
+    gen = torch.Generator().manual_seed(trainer.seed + 1)
+    opt = torch.optim.Adam(model.parameters(), lr=trainer.sizes.lr)
+    curve = Curve(name, [(0.0, 0, trainer.accuracy(model))], {})
+    step, clock = trainer.run(model, opt, curve, steps=None, wall=wall, gen=gen)
+    curve.points.append((clock, step, trainer.accuracy(model)))
+    curve.extra.update(final_test_acc=curve.points[-1][2], wall=clock, steps=step)
+    return curve
+
+
+def training_curves(data: Any, sizes: TrainSizes, device: torch.device) -> list[Curve]:
+    trainer = Trainer(data, sizes, device)
+    curves = []
+    teacher, _ = grown_run(trainer, "teacher (no transform)", None)
+    curves.append(teacher)
+    wide = {}
+    for op in ("r2r_widen", "net2net_widen", "netmorph_widen", "random_pad_widen"):
+        curve, wide[op] = grown_run(trainer, op, widen_all(op))
+        curves.append(curve)
+    curve, _ = grown_run(trainer, "r2r_widen lr/5", widen_all("r2r_widen", "divide"))
+    curves.append(curve)
+    curves.append(scratch_run(trainer, "wide from scratch", wide["r2r_widen"], curves[1].extra["wall"]))
+    deep = {}
+    for op in ("r2r_deepen", "net2net_deepen"):
+        curve, deep[op] = grown_run(trainer, op, deepen_all(op))
+        curves.append(curve)
+    r2r_deep = next(c for c in curves if c.name == "r2r_deepen")
+    curves.append(scratch_run(trainer, "deep from scratch", deep["r2r_deepen"], r2r_deep.extra["wall"]))
+    return curves
