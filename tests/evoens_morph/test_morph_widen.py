@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
-
-from evoens.testing import make_plugin_manager
 from evoens_morph import families
+from evoens_morph import hooks as morph_hooks
 from evoens_morph.mutations import MorphOptions
 from evoens_morph.report import MorphError, MorphReport
 from evoens_morph.sites import widen_sites
 from evoens_morph.widen import new_channels, widen
+from torch import nn
+
+from evoens.testing import make_plugin_manager
 
 TOL = 1e-5
 
@@ -24,6 +25,8 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
 EXACT = ("r2r", "net2net", "netmorph")  # netmorph with noise=0
 
 
@@ -158,14 +161,21 @@ def test_bad_requests_raise_one_clear_error() -> None:
         report.check()
 
 
-def _conformance_cases() -> list[str]:
-    return make_plugin_manager().registry.names("mutation")
+REGISTRY = make_plugin_manager(("morph", morph_hooks)).registry
 
 
-@pytest.mark.parametrize("name", _conformance_cases())
+def test_the_transforms_are_registered_as_mutation_providers() -> None:
+    names = {"r2r_widen", "net2net_widen", "netmorph_widen", "random_pad_widen", "r2r_deepen", "net2net_deepen"}
+    assert names <= set(REGISTRY.names("mutation"))
+    assert "morph" in REGISTRY.names("benchmark")
+
+
+@pytest.mark.parametrize("name", REGISTRY.names("mutation"))
 def test_every_mutation_provider_reports_and_exact_ones_preserve(name: str) -> None:
-    op = make_plugin_manager().registry.get("mutation", name).factory
-    assert callable(op) and hasattr(op, "sites") and isinstance(op.exact, bool), "mutation contract: callable + .sites + .exact"
+    op = REGISTRY.get("mutation", name).factory
+    assert callable(op) and hasattr(op, "sites") and isinstance(op.exact, bool), (
+        "mutation contract: callable + .sites + .exact"
+    )
     tried = 0
     for family in families.FAMILIES:
         model = _model(family)
