@@ -161,7 +161,9 @@ def _classify(name: str, m: nn.Module) -> Op | str:
         return Op("bn1d" if isinstance(m, nn.BatchNorm1d) else "bn2d", name, m)
     if _plain(m, _DROPOUTS):
         return f"{label} is in train mode: use 'loop' or 'vmap'" if m.training else Op("act", name, m)
-    if _plain(m, _ACTS):
+    if _plain(m, _ACTS) or getattr(type(m), "evoens_elementwise", False) is True:
+        # A custom module may declare itself elementwise and parameter-free (``evoens_elementwise =
+        # True``, e.g. a binarizing activation): it then runs on any layout like a known activation.
         return Op("act", name, m)
     if _plain(m, _POOLS) and not getattr(m, "return_indices", False):
         return Op("pool", name, m)

@@ -47,6 +47,9 @@ def binarize_weight(weight: Tensor, scale: WeightScale = "none", estimator: STE 
 class BinaryActivation(nn.Module):
     """Elementwise binarization with a straight-through backward: ``sign``, ``step`` or ``kbit``."""
 
+    # Parameter-free and elementwise: the bmm / grouped-conv population strategies may run it.
+    evoens_elementwise = True
+
     def __init__(
         self, estimator: STE | str = "clipped", convention: Convention = "sign", bits: int = 1, **ste_params: float
     ) -> None:

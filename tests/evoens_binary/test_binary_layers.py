@@ -99,3 +99,19 @@ def test_sign_mlp_is_the_seed_toy_model() -> None:
     torch.testing.assert_close(m(x), h @ m[4].weight.T)
     with pytest.raises(ValueError, match="at least"):
         sign_mlp([3])
+
+
+@pytest.mark.parametrize("strategy", ["bmm", "vmap"])
+def test_elementwise_binary_activation_runs_in_the_batched_strategies(strategy: str) -> None:
+    # BinaryActivation declares evoens_elementwise, so the bmm plan accepts it like nn.Tanh.
+    model = sign_mlp([3, 5, 4, 2], "swishsign")
+    base = Population.from_module(model, 4, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(6, 3)
+    flat = base.flat.detach().clone().requires_grad_(True)
+    out = Population(model, flat, strategy=strategy)(x)
+    out.pow(2).sum().backward()
+    ref_flat = base.flat.detach().clone().requires_grad_(True)
+    ref = Population(model, ref_flat, strategy="loop")(x)
+    ref.pow(2).sum().backward()
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(flat.grad, ref_flat.grad, atol=1e-5, rtol=1e-5)
