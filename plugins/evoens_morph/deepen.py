@@ -23,11 +23,11 @@ from evoens_morph.widen import as4d, probe_batch
 
 
 def _insert_after(model: nn.Module, path: str, block: nn.Module) -> dict[str, str]:
-    """Replace module ``path`` by Sequential(module, block); return old -> new parameter names."""
+    """Replace module ``path`` by Sequential(module, block); return old -> new state-dict names."""
     parent_path, _, name = path.rpartition(".")
     parent = model.get_submodule(parent_path)
     old = parent.get_submodule(name)
-    renamed = {f"{path}.{n}": f"{path}.0.{n}" for n, _ in old.named_parameters()}
+    renamed = {f"{path}.{n}": f"{path}.0.{n}" for n in old.state_dict()}
     setattr(parent, name, nn.Sequential(old, block))
     return renamed
 
