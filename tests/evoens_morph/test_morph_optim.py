@@ -111,8 +111,8 @@ def test_learning_rate_rules() -> None:
     assert divided.param_groups[0]["lr"] == pytest.approx(2e-4)
     scaled = carry_over_from_reports(opt, model, new, [report], lr_rule="norm_ratio", scale_weight_decay=True)
     ratio = (
-        torch.cat([p.flatten() for p in model.parameters()]).norm()
-        / torch.cat([p.flatten() for p in new.parameters()]).norm()
+        torch.cat([p.detach().flatten() for p in model.parameters()]).norm()
+        / torch.cat([p.detach().flatten() for p in new.parameters()]).norm()
     )
     assert 0 < float(ratio) < 1
     assert scaled.param_groups[0]["lr"] == pytest.approx(1e-3 * float(ratio), rel=1e-6)
