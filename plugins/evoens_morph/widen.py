@@ -58,9 +58,8 @@ def _set(module: nn.Module, name: str, value: torch.Tensor) -> None:
         setattr(module, name, value.detach().clone())
 
 
-def _resize(module: nn.Module, weight4: torch.Tensor, *, out_dim: bool) -> None:
+def _resize(module: nn.Module, weight4: torch.Tensor) -> None:
     """Store a (out, in, kh, kw) weight back into a Conv2d / Linear and fix its size attributes."""
-    old = module.weight
     if isinstance(module, nn.Conv2d):
         if module.groups != 1:
             raise MorphError("widening a grouped convolution is not supported (groups must be 1)")
@@ -69,7 +68,6 @@ def _resize(module: nn.Module, weight4: torch.Tensor, *, out_dim: bool) -> None:
     else:
         _set(module, "weight", weight4.reshape(weight4.shape[0], -1))
         module.out_features, module.in_features = module.weight.shape
-    del old
 
 
 def _grid(shape: torch.Size, dim: int, index: torch.Tensor) -> Positions:
@@ -81,7 +79,7 @@ def _widen_producer(model: nn.Module, path: str, n: int, scheme: Scheme, widened
     w4 = as4d(module.weight.detach())
     old_shape, c = module.weight.shape, w4.shape[0]
     rows, src = scheme.producer(w4, n)
-    _resize(module, torch.cat([w4, rows], 0), out_dim=True)
+    _resize(module, torch.cat([w4, rows], 0))
     widened[f"{path}.weight"] = _grid(old_shape, 0, torch.arange(c))
     if module.bias is not None:
         _set(module, "bias", torch.cat([module.bias.detach(), scheme.bias(module.bias.detach(), n, src)]))
@@ -106,7 +104,7 @@ def _widen_consumer(
     w = module.weight.detach()
     w4 = as4d(w, channels)  # (out, C, kh, kw) or (out, C, HW, 1)
     new4, index = scheme.consumer(w4, inserts)
-    _resize(module, new4, out_dim=False)
+    _resize(module, new4)
     if w.dim() == 2 and w4.shape[2] > 1:  # flatten consumer: channel c owns columns c·HW ... c·HW+HW−1
         index = (index[:, None] * w4.shape[2] + torch.arange(w4.shape[2])).reshape(-1)
     widened[f"{path}.weight"] = _grid(w.shape, 1, index)
@@ -116,7 +114,7 @@ def _widen_add_producer(model: nn.Module, path: str, inserts: list[Insert], sche
     module = model.get_submodule(path)
     w = module.weight.detach()
     new4, index = insert_along(as4d(w), 0, [(pos, scheme.add_producer(as4d(w), n, src)) for pos, n, src in inserts])
-    _resize(module, new4, out_dim=True)
+    _resize(module, new4)
     widened[f"{path}.weight"] = _grid(w.shape, 0, index)
     if module.bias is not None:
         b = module.bias.detach()
