@@ -1,16 +1,37 @@
-"""The evoens_binary plugin's hooks: registers its providers with evoens."""
+"""The evoens_binary plugin's hooks: registers its providers with evoens.
+
+``grad_estimator`` providers: the factory takes the estimator's config fields as keywords and
+returns an :class:`evoens_binary.estimators.GradEstimator`
+(``registry.create("grad_estimator", "nes", popsize=500).estimate(model, batch=(x, y))``).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 
 from evoens import Provider, hookimpl
 
 
 @hookimpl
 def evoens_register_providers() -> Iterator[Provider]:
-    yield from ()
+    yield from _estimator_providers()
     yield from _binary_train_providers()
+
+
+def _estimator_providers() -> Iterator[Provider]:
+    """Gradient estimators (STE family, CDG, NES, the open ideas) and the binary-estimators suite."""
+    from evoens_binary import cdg, hybrid, nes, toy_bench
+    from evoens_binary.estimators import SteGradient
+    from evoens_binary.ops import STES
+
+    for name in STES:
+        yield Provider("grad_estimator", f"ste:{name}", partial(SteGradient, ste=name), f"autograd through {name} STE")
+    yield Provider("grad_estimator", "cdg", cdg.CdgGradient, "central coordinate differences (BinaryDuo CDG)")
+    yield Provider("grad_estimator", "nes", nes.NesGradient, "Gaussian search gradient, antithetic, batched")
+    yield Provider("grad_estimator", "nes-guided", hybrid.GuidedNesGradient, "NES guided by STE directions")
+    yield Provider("grad_estimator", "ste-nes", hybrid.SteThenNes, "STE, handing over to NES on a plateau")
+    yield Provider("benchmark", "binary-estimators", toy_bench.suite, toy_bench.DESCRIPTION)
 
 
 def _binary_train_providers() -> Iterator[Provider]:

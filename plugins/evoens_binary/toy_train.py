@@ -1,0 +1,126 @@
+"""The training part of ``binary-estimators``: does the STE -> NES handover help over a short run?
+
+Reference: seed 002's discussion item "switch from STE to NES when STE training reaches a local
+minimum" and the 2021-05 pre-training protocol (STE steps on (16000, d) batches until the loss
+plateaus); shared/specs/binary.md §1.7.
+
+Each method takes ``steps`` per-tensor normalised descent steps ``w <- w - lr g_hat`` on fresh
+batches of the toy teacher-student task; the final loss is measured on one held-out batch. Methods:
+``ste:clipped`` all the way, ``nes-P`` all the way, and ``ste-nes`` (STE until its minibatch loss
+has not improved for ``patience`` steps, then STE-guided NES with P evaluations). Pure torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from evoens_binary.analysis import normalize
+from evoens_binary.estimators import GradEstimator, SteGradient
+from evoens_binary.hybrid import HandoverConfig, SteThenNes
+from evoens_binary.layers import sign_mlp
+from evoens_binary.nes import NesConfig, NesGradient, nes
+from evoens_binary.objective import ModelObjective, Objective
+
+
+@dataclass(frozen=True)
+class HandoverBench:
+    dims: tuple[int, ...] = (8, 16)
+    num_init: int = 3
+    steps: int = 80
+    batch: int = 1024
+    eval_batch: int = 8192
+    lr: float = 0.05
+    popsize: int = 500
+    patience: int = 5
+    sigma: float = 0.1
+
+
+def _methods(cfg: HandoverBench, seed: int) -> dict[str, GradEstimator]:
+    nes_cfg = NesConfig(popsize=cfg.popsize, sigma=cfg.sigma, seed=seed, chunk=250)
+    return {
+        "ste:clipped": SteGradient(ste="clipped"),
+        f"nes-{cfg.popsize}": _Reseeded(nes_cfg),
+        "ste-nes": SteThenNes(HandoverConfig(ste="clipped", nes=nes_cfg, patience=cfg.patience)),
+    }
+
+
+class _Reseeded(NesGradient):
+    """Plain NES with fresh draws every call (a fixed seed would repeat the same directions)."""
+
+    def __init__(self, config: NesConfig) -> None:
+        super().__init__(config)
+        self.calls = 0
+
+    def flat_gradient(self, objective: Objective) -> torch.Tensor:
+        self.calls += 1
+        return nes(objective, replace(self.config, seed=self.config.seed + self.calls))
+
+
+def _train(student: nn.Module, teacher: nn.Module, est: GradEstimator, cfg: HandoverBench, seed: int) -> float:
+    dim = student[0].in_features
+    gen = torch.Generator().manual_seed(seed)
+    est.reset()
+    for _ in range(cfg.steps):
+        x = torch.randn(cfg.batch, dim, generator=gen)  # (B, d), a fresh batch per step
+        with torch.no_grad():
+            obj = ModelObjective(student, (x, teacher(x)))
+        step = normalize(est.estimate(obj))
+        with torch.no_grad():
+            for name, p in student.named_parameters():
+                p.sub_(cfg.lr * step[name])
+    return _heldout(student, teacher, cfg)
+
+
+def _heldout(student: nn.Module, teacher: nn.Module, cfg: HandoverBench) -> float:
+    x = torch.randn(cfg.eval_batch, student[0].in_features, generator=torch.Generator().manual_seed(12345))
+    with torch.no_grad():
+        return float((student(x) - teacher(x)).pow(2).mean())
+
+
+def run_handover(cfg: HandoverBench, seed: int = 0) -> list[dict[str, Any]]:
+    """Mean final held-out loss per (dim, method); rows of section ``train``."""
+    rows = []
+    for dim in cfg.dims:
+        finals: dict[str, list[float]] = {}
+        switches: list[int] = []
+        for init in range(cfg.num_init):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed * 1000 + 17 * dim + init)
+                student0, teacher = sign_mlp([dim, dim, dim, 1]), sign_mlp([dim, dim, dim, 1])
+            for name, est in _methods(cfg, seed + init).items():
+                student = sign_mlp([dim, dim, dim, 1])
+                student.load_state_dict(student0.state_dict())
+                finals.setdefault(name, []).append(_train(student, teacher, est, cfg, seed + 31 * init))
+                if isinstance(est, SteThenNes):
+                    switches.append(cfg.steps if est.switched_at is None else est.switched_at)
+            finals.setdefault("init", []).append(_heldout(student0, teacher, cfg))
+        for name, vals in finals.items():
+            row = {"section": "train", "dim": dim, "estimator": f"train:{name}", "steps": cfg.steps,
+                   "final_loss": sum(vals) / len(vals)}  # fmt: skip
+            if name == "ste-nes":
+                row["switch_step"] = sum(switches) / len(switches)
+            rows.append(row)
+    return rows
+
+
+def handover_notes(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    names = list(dict.fromkeys(r["estimator"] for r in rows))
+    steps = rows[0]["steps"]
+    lines = [
+        f"## STE -> NES handover: held-out loss after {steps} normalised steps (mean over inits)",
+        "",
+        "| d | " + " | ".join(n.removeprefix("train:") for n in names) + " | mean handover step |",
+        "|---|" + "---|" * (len(names) + 1),
+    ]
+    for dim in dict.fromkeys(r["dim"] for r in rows):
+        cells = {r["estimator"]: r for r in rows if r["dim"] == dim}
+        sw = cells.get("train:ste-nes", {}).get("switch_step")
+        vals = [f"{cells[n]['final_loss']:.4f}" if n in cells else "–" for n in names]
+        lines.append(f"| {dim} | " + " | ".join(vals) + f" | {'' if sw is None else f'{sw:.1f}'} |")
+    return lines
