@@ -47,7 +47,9 @@ class CheckpointError(UserError):
 
 
 def _own(value: Any) -> bool:
-    return type(value).__module__.split(".")[0] == "evotorch" and hasattr(value, "__dict__")
+    """EvoTorch objects (subclasses included, e.g. evoens.noise's distributions) are walked."""
+    evotorch_class = any(cls.__module__.split(".")[0] == "evotorch" for cls in type(value).__mro__)
+    return evotorch_class and hasattr(value, "__dict__")
 
 
 def _capture(value: Any) -> Any:

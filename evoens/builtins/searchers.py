@@ -4,7 +4,8 @@ Each factory takes ``(problem, popsize, options, center)`` and returns an EvoTor
 ``SearchAlgorithm``; ``options`` (the config's ``trainer.searcher_options``) override the
 defaults below and pass straight to the EvoTorch constructor, so every EvoTorch keyword is
 available. Distribution-based searchers start centred on the template network's own
-initialisation ``center`` (D,).
+initialisation ``center`` (D,). SNES, PGPE and CEM sample from a shared noise table
+(:mod:`evoens.noise`); ``noise_table = false`` in the options restores EvoTorch's own sampling.
 
 References: SNES/XNES — Wierstra et al., "Natural Evolution Strategies", JMLR 2014; PGPE —
 Sehnke et al., Neural Networks 2010 (ClipUp: Toklu et al., PPSN 2020); CMA-ES — Hansen &
@@ -23,14 +24,30 @@ from evotorch.algorithms import CEM, CMAES, PGPE, SNES, XNES, GeneticAlgorithm
 from evotorch.operators import GaussianMutation, SimulatedBinaryCrossOver
 
 from evoens import Provider, hookimpl
+from evoens.config import ConfigError
+from evoens.noise import use_noise_table
 
 
-def _distribution(cls: type, defaults: dict[str, Any], description: str) -> Provider:
+def _distribution(cls: type, defaults: dict[str, Any], description: str, table: bool = False) -> Provider:
+    """``table``: the searcher samples from the shared noise table unless the options say
+    ``noise_table = false`` (an int sets the table's size)."""
+
     def factory(problem: Problem, popsize: int, options: Mapping[str, Any], center: torch.Tensor) -> Any:
+        opts = {**defaults, **options}
+        noise = opts.pop("noise_table", table)
         with warnings.catch_warnings():  # EvoTorch's CMAES set-up mixes numpy and torch: harmless noise
             warnings.filterwarnings("ignore", "To copy construct from a tensor", UserWarning)
             warnings.filterwarnings("ignore", "__array_wrap__ must accept context", DeprecationWarning)
-            return cls(problem, popsize=popsize, center_init=center, **{**defaults, **options})
+            searcher = cls(problem, popsize=popsize, center_init=center, **opts)
+        if noise is True:
+            return use_noise_table(searcher)
+        if noise is False or noise == 0:
+            return searcher
+        if isinstance(noise, int) and noise > 0:
+            return use_noise_table(searcher, noise)
+        raise ConfigError(
+            f"trainer.searcher_options.noise_table = {noise!r}: expected true, false or a table size (int > 0)"
+        )
 
     return Provider("searcher", cls.__name__.lower(), factory, description)
 
@@ -48,13 +65,18 @@ def _ga(problem: Problem, popsize: int, options: Mapping[str, Any], center: torc
 
 @hookimpl
 def evoens_register_providers() -> Iterator[Provider]:
-    yield _distribution(SNES, {"stdev_init": 0.05}, "separable natural evolution strategy (EvoTorch SNES)")
+    yield _distribution(
+        SNES, {"stdev_init": 0.05}, "separable natural evolution strategy (EvoTorch SNES, noise table)", table=True
+    )
     yield _distribution(XNES, {"stdev_init": 0.05}, "exponential NES, full covariance (EvoTorch XNES; small D only)")
     yield _distribution(
         PGPE,
         {"center_learning_rate": 0.01, "stdev_learning_rate": 0.1, "stdev_init": 0.05, "optimizer": "adam"},
-        "policy gradients with parameter-based exploration (EvoTorch PGPE, Adam on the center)",
+        "policy gradients with parameter-based exploration (EvoTorch PGPE, Adam, noise table)",
+        table=True,
     )
     yield _distribution(CMAES, {"stdev_init": 0.05}, "covariance matrix adaptation ES (EvoTorch CMAES)")
-    yield _distribution(CEM, {"stdev_init": 0.05, "parenthood_ratio": 0.25}, "cross-entropy method (EvoTorch CEM)")
+    yield _distribution(
+        CEM, {"stdev_init": 0.05, "parenthood_ratio": 0.25}, "cross-entropy method (EvoTorch CEM, noise table)", True
+    )
     yield Provider("searcher", "ga", _ga, "genetic algorithm: Gaussian mutation (+ SBX crossover if crossover_eta)")

@@ -1,0 +1,92 @@
+"""Lean sampling for EvoTorch's Gaussian searchers: rows of a shared noise table.
+
+EvoTorch samples a fresh ``(N, D)`` Gaussian every generation; its antithetic (PGPE) path
+draws into a strided half of the population and interleaves with ``torch.cat``, which on a CPU
+costs as much as the whole batched forward of a small MLP population. A shared noise table
+(Salimans et al., "Evolution Strategies as a Scalable Alternative to Reinforcement Learning",
+2017) replaces that with a gather: each direction is a window ``table[o : o + D]`` at a random
+offset ``o``, so a generation draws N integers instead of N·D normals.
+
+Only the sampling changes. The searcher's layout (``mu + s``, ``mu - s`` interleaved for
+symmetric sampling), ranking, gradient and optimizer stay EvoTorch's own code. The table is
+regenerated from its seed (never checkpointed); the offsets come from the problem's generator,
+which checkpoints hold, so resumed runs draw the same windows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from evotorch.distributions import Distribution, SymmetricSeparableGaussian
+
+__all__ = ["DEFAULT_TABLE_SIZE", "noise_table", "table_rows", "use_noise_table"]
+
+DEFAULT_TABLE_SIZE = 1 << 24  # 16M floats (64 MB float32); grown to 64·D for very wide networks
+TABLE_SEED = 20170310  # fixed: the table is part of the algorithm, not of the run's randomness
+_TABLES: dict[tuple[int, str, torch.dtype], torch.Tensor] = {}
+
+
+def noise_table(size: int, device: torch.device | str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The shared N(0, 1) table of ``size`` values on ``device`` (built once per process)."""
+    key = (size, str(torch.device(device)), dtype)
+    if key not in _TABLES:
+        gen = torch.Generator().manual_seed(TABLE_SEED)
+        _TABLES[key] = torch.randn(size, generator=gen, dtype=dtype).to(device)  # (size,)
+    return _TABLES[key]
+
+
+def table_rows(table: torch.Tensor, rows: int, width: int, generator: torch.Generator | None) -> torch.Tensor:
+    """``rows`` windows of ``width`` consecutive table values at random offsets: ``(rows, width)``."""
+    if width > table.numel():
+        raise ValueError(f"noise table of {table.numel()} values is narrower than a solution ({width}); enlarge it")
+    windows = table.as_strided((table.numel() - width + 1, width), (1, 1))  # (offsets, width), a view
+    offsets = torch.randint(0, windows.shape[0], (rows,), generator=generator, device=table.device)  # (rows,)
+    return windows[offsets]  # (rows, width): one gather
+
+
+def _torch_generator(generator: Any) -> torch.Generator | None:
+    """EvoTorch passes the Problem as ``generator``; its ``.generator`` is the torch one."""
+    return getattr(generator, "generator", generator)
+
+
+class _TableFill:
+    """Mixin over an EvoTorch separable Gaussian: ``_fill`` gathers from the noise table."""
+
+    table_size: int  # set per generated class (see _table_class)
+
+    def _fill(self, out: torch.Tensor, *, generator: Any = None) -> None:
+        mu, sigma = self.parameters["mu"], self.parameters["sigma"]  # (D,), (D,)
+        table = noise_table(max(self.table_size, 64 * out.shape[1]), out.device, out.dtype)
+        gen = _torch_generator(generator)
+        if isinstance(self, SymmetricSeparableGaussian):  # rows 2k, 2k+1 = mu + s_k, mu - s_k
+            steps = table_rows(table, out.shape[0] // 2, out.shape[1], gen) * sigma  # (N/2, D)
+            torch.add(mu, steps, out=out[0::2])
+            torch.sub(mu, steps, out=out[1::2])
+        else:
+            torch.addcmul(mu, table_rows(table, out.shape[0], out.shape[1], gen), sigma, out=out)  # (N, D)
+
+
+_CLASSES: dict[tuple[type, int], type] = {}
+
+
+def _table_class(base: type, size: int) -> type:
+    """One subclass per (distribution class, table size): EvoTorch rebuilds the distribution
+    from its class at every update, so the size must live on the class."""
+    if (base, size) not in _CLASSES:
+        _CLASSES[(base, size)] = type(f"Table{base.__name__}", (_TableFill, base), {"table_size": size})
+    return _CLASSES[(base, size)]
+
+
+def use_noise_table(searcher: Any, size: int = DEFAULT_TABLE_SIZE) -> Any:
+    """Make ``searcher`` (EvoTorch SNES, PGPE or CEM) sample from the shared noise table.
+
+    The distribution is swapped for a subclass that differs only in ``_fill``; EvoTorch's
+    ``modified_copy`` keeps the class across updates. Returns ``searcher``.
+    """
+    dist: Distribution = searcher._distribution
+    if "sigma" not in dist.parameters or dist.parameters["sigma"].dim() != 1:
+        raise ValueError(f"{type(searcher).__name__}: the noise table needs a separable Gaussian searcher")
+    cls = _table_class(type(dist), int(size))
+    searcher._distribution = cls(dict(dist.parameters), dtype=dist.dtype, device=dist.device)
+    return searcher
