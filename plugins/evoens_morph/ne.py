@@ -120,14 +120,14 @@ def make_individual(
 Batches = Callable[[], tuple[Tensor, Tensor]]
 
 
-def train_step(ind: Individual, x: Tensor, y: Tensor) -> float:
-    """One train-mode cross-entropy step of ``ind`` with its own optimiser; returns the loss."""
+def train_step(ind: Individual, x: Tensor, y: Tensor) -> Tensor:
+    """One train-mode cross-entropy step of ``ind`` with its own optimiser; returns the (detached) loss."""
     ind.model.train()
     loss = F.cross_entropy(ind.model(x), y)
     ind.optimizer.zero_grad()
     loss.backward()
     ind.optimizer.step()
-    return float(loss.detach())
+    return loss.detach()  # no host sync: the caller decides whether to read it
 
 
 def joint_train(population: Sequence[Individual], steps: int, batches: Batches, generator: torch.Generator) -> None:

@@ -303,3 +303,35 @@ def test_config_errors_are_one_line_value_errors() -> None:
         R2RBlock(2, 4, 2, 4)
     with pytest.raises(ValueError, match="even hidden"):
         R2RBlock(2, 3, 2, 3)
+
+
+def test_each_species_is_one_batched_population_forward(monkeypatch: pytest.MonkeyPatch) -> None:
+    from evoens.population import Population
+
+    bank, base = _trained_base()
+    gen = torch.Generator().manual_seed(20)
+    deep = MutationConfig(p_deepen=1.0, kernel_probs={1: 1.0})
+    genomes = [base.genome, mutate(bank, base.genome, gen, deep), base.genome, base.genome]
+    models = [GenomeNet(bank, g) for g in genomes]
+    sizes: list[int] = []
+    forward = Population.forward
+
+    def counting(self: Population, *args: object, **kw: object) -> torch.Tensor:
+        sizes.append(self.size)
+        return forward(self, *args, **kw)
+
+    monkeypatch.setattr(Population, "__call__", counting)  # pop(x) is how species_logits calls it
+    species_logits(models, _data(20, seed=21)[0], batch_size=100)
+    assert sorted(sizes) == [1, 3]  # two species: the base architecture (3 members) and the deepened one
+
+
+def test_prune_drops_unused_blocks_and_keeps_every_live_genome_buildable() -> None:
+    bank, base = _trained_base(steps=0)
+    gen = torch.Generator().manual_seed(22)
+    kids = [mutate(bank, base.genome, gen) for _ in range(4)]
+    n_before = len(bank)
+    assert n_before == sum(len(g.block_ids) for g in base.genome) + 4
+    dropped = bank.prune([base.genome, kids[0]])
+    assert dropped == 3 and len(bank) == n_before - 3
+    x, _ = _data(seed=23)
+    assert _max_diff(base.model, GenomeNet(bank, kids[0]), x, train=False) <= TOL
