@@ -198,6 +198,11 @@ def _notes(sz: Sizes, rows: list[dict[str, Any]], results: dict[str, NEResult]) 
         ),
     }
     ref = "; ".join(f"{k} {v:.2f} (here {ours[k]})" for k, v in REFERENCE.items())
+    equal = rows[1]["test_accuracy"]
+    gaps = ", ".join(
+        f"{k} {100 * (v - equal):+.2f}" for k, v in ours.items() if k != "base" and v is not None
+    )  # percentage points
+    se = 100 * (equal * (1 - equal) / sz.n_test) ** 0.5  # binomial standard error of one accuracy, points
     steps = cfg.initial_steps + cfg.iterations * cfg.steps_per_iteration
     return [
         "## NE (block-level R2R neuroevolution with weight sharing)",
@@ -214,6 +219,9 @@ def _notes(sz: Sizes, rows: list[dict[str, Any]], results: dict[str, NEResult]) 
         "carries over is the ordering question (does NE / the ensemble beat the base at equal steps?), not the "
         "numbers. The report's base was trained only N_i steps too; the second base row gives it the same "
         "number of optimiser steps as the whole NE run, the fairer comparison.",
+        f"Measured gaps to the equal-steps base ({equal}), in points: {gaps} (one seed; the binomial standard "
+        f"error of one accuracy on {sz.n_test} test images is about {se:.2f} points, and seed-to-seed training "
+        f"variance is larger, so gaps under ~{2 * se:.2f} points are ties). Ensembles cost K times a member's FLOPs.",
         "Params of an ensemble count each shared tensor once (members share the bank's blocks); FLOPs are per "
         "sample, Conv2d + Linear, summed over members (spec pitfall 9: not comparable with other papers).",
         "Final populations: "
