@@ -68,7 +68,10 @@ class PopulationProblem(Problem):
             device=device,
             seed=seed,
             num_actors=num_actors or None,
+            store_solution_stats=False,  # EvoTorch's best/worst tracking syncs with the host; see below
         )
+        self.best_eval = torch.tensor(float("-inf"), device=self.device)  # () best fitness seen
+        self.best_values = torch.zeros(self.solution_length, device=self.device)  # (D,) its solution
 
     @property
     def _nonserialized_attribs(self) -> list[str]:
@@ -78,6 +81,19 @@ class PopulationProblem(Problem):
         """EvoTorch 0.6.1's ``EvaluationActor`` calls ``problem.seed()``, which ``Problem`` lacks
         (it has ``manual_seed``): without this alias a seeded problem cannot start Ray actors."""
         self.manual_seed(seed)
+
+    def _get_best_and_worst(self, batch: SolutionBatch) -> dict[str, torch.Tensor]:
+        """The best solution so far, tracked on the device without a host sync (EvoTorch's own
+        tracking compares in Python; it is off on GPUs, which left no "best" in the status).
+        Runs in the main process after every evaluation, also with Ray actors."""
+        evals = batch.evals[:, 0].as_subclass(torch.Tensor)  # (N,) already sanitized
+        pick = evals.argmax().view(1)  # (1,)
+        candidate = evals.index_select(0, pick)[0]  # ()
+        better = candidate > self.best_eval  # () bool, stays on the device
+        self.best_eval = torch.where(better, candidate, self.best_eval)
+        values = batch.values.as_subclass(torch.Tensor).index_select(0, pick)[0]  # (D,)
+        self.best_values = torch.where(better, values, self.best_values)
+        return {"best": self.best_values, "best_eval": self.best_eval}
 
     def _make_sync_data_for_actors(self) -> Any:
         return self.batch
@@ -124,7 +140,7 @@ class EvolutionTrainer:
         evals = population.evals[:, 0].as_subclass(torch.Tensor)  # (P,)
         return {
             **fitness_stats(evals),
-            "best_ever_fitness": self.searcher.status["best_eval"],
+            "best_ever_fitness": self.problem.best_eval,
             "nonfinite": self.problem.nonfinite,
             "diversity": population.values.std(dim=0, correction=0).mean(),  # mean per-weight std
         }
@@ -160,11 +176,11 @@ class EvolutionTrainer:
 
     def candidates(self) -> dict[str, torch.Tensor]:
         """Flat ``(D,)`` parameter vectors worth testing as the run's final model."""
+        found = {"best": self.problem.best_values}
         status = self.searcher.status
-        found = {"best": status["best"].values}
-        if "center" in status:
+        if "center" in status:  # distribution-based searchers: their mean
             found["center"] = status["center"]
-        return {k: v.as_subclass(torch.Tensor).detach() for k, v in found.items()}
+        return {k: v.as_subclass(torch.Tensor).detach().clone() for k, v in found.items()}
 
 
 def build_evolution(
