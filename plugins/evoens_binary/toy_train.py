@@ -67,7 +67,7 @@ def _train(student: nn.Module, teacher: nn.Module, est: GradEstimator, cfg: Hand
     for _ in range(cfg.steps):
         x = torch.randn(cfg.batch, dim, generator=gen)  # (B, d), a fresh batch per step
         with torch.no_grad():
-            obj = ModelObjective(student, (x, teacher(x)))
+            obj = ModelObjective(student, (x, teacher(x)), strategy="bmm")
         step = normalize(est.estimate(obj))
         with torch.no_grad():
             for name, p in student.named_parameters():
