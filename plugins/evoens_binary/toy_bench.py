@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,7 +29,8 @@ from evoens_binary.hybrid import GuidedNesGradient
 from evoens_binary.layers import sign_mlp
 from evoens_binary.nes import NesConfig, nes_nested
 from evoens_binary.objective import ModelObjective
-from evoens_binary.toy_train import HandoverBench, handover_notes, run_handover
+from evoens_binary.toy_report import notes_for, plot_curves
+from evoens_binary.toy_train import HandoverBench, run_handover
 
 DESCRIPTION = "binarized toy MLPs: STE family / NES / CDG / STE-guided NES vs CDG (cosine, loss decrease vs lr)"
 STE_SET: tuple[tuple[str, str, dict[str, float]], ...] = (
@@ -85,11 +85,11 @@ def _estimators(cfg: ToyConfig) -> dict[str, GradEstimator]:
     return out
 
 
-def _point(cfg: ToyConfig, dim: int, init: int, batch: int) -> dict[str, Any]:
+def _point(cfg: ToyConfig, dim: int, init: int, batch: int, device: torch.device) -> dict[str, Any]:
     """Every estimator on one (init, batch): cosines to CDG and the loss-decrease curves."""
-    student, teacher = toy_pair(dim, cfg.seed * 1000 + 100 * dim + init)
+    student, teacher = (m.to(device) for m in toy_pair(dim, cfg.seed * 1000 + 100 * dim + init))
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + 1000 * dim + 10 * init + batch)
-    x = torch.randn(cfg.batch, dim, generator=gen)  # (B, d)
+    x = torch.randn(cfg.batch, dim, generator=gen).to(device)  # (B, d), the same draws on any device
     with torch.no_grad():
         y = teacher(x)  # (B, 1)
     obj = ModelObjective(student, (x, y), strategy="bmm")  # fastest here; skips auto's timing runs
@@ -107,15 +107,17 @@ def _point(cfg: ToyConfig, dim: int, init: int, batch: int) -> dict[str, Any]:
         cost[name] = est.config.nes.popsize if isinstance(est, GuidedNesGradient) else 0
     names = list(grads)
     dec = loss_decrease(obj, [grads[n] for n in names], cfg.lrs)  # (E, L)
+    raw = loss_decrease(obj, [grads[n] for n in names], [0.1], mode="none")[:, 0]  # (E,) unnormalised steps
     cos = {n: cosine_per_tensor(grads[n], grads["cdg"]) for n in names}
     loss0 = float(obj.loss(obj.x0))
-    return {"names": names, "dec": dec, "cos": cos, "loss0": loss0, "cost": cost, "D": D,
+    return {"names": names, "dec": dec, "raw": raw, "cos": cos, "loss0": loss0, "cost": cost, "D": D,
             "seconds": time.perf_counter() - t0}  # fmt: skip
 
 
 def _aggregate(points: list[dict[str, Any]], cfg: ToyConfig, dim: int) -> list[dict[str, Any]]:
     names = points[0]["names"]
     dec = torch.stack([p["dec"] for p in points]).mean(0)  # (E, L)
+    raw = torch.stack([p["raw"] for p in points]).mean(0)  # (E,)
     loss0 = sum(p["loss0"] for p in points) / len(points)
     i01 = min(range(len(cfg.lrs)), key=lambda i: abs(cfg.lrs[i] - 0.1))
     rows = []
@@ -127,120 +129,36 @@ def _aggregate(points: list[dict[str, Any]], cfg: ToyConfig, dim: int) -> list[d
             "section": "estimate", "dim": dim, "estimator": name, "params": points[0]["D"],
             "evals": points[0]["cost"][name], "loss0": loss0, "dec@0.1": float(dec[e, i01]),
             **{f"cos_W{k + 1}": c for k, c in enumerate(cos)},
-            "best_lr": cfg.lrs[best], "best_dec": float(dec[e, best]), "curve": [float(v) for v in dec[e]],
+            "best_lr": cfg.lrs[best], "best_dec": float(dec[e, best]), "raw@0.1": float(raw[e]),
+            "curve": [float(v) for v in dec[e]],
         })  # fmt: skip
     return rows
 
 
-def run_estimates(cfg: ToyConfig) -> list[dict[str, Any]]:
+def run_estimates(cfg: ToyConfig, device: torch.device = torch.device("cpu")) -> list[dict[str, Any]]:
     rows = []
     for dim in cfg.dims:
-        points = [_point(cfg, dim, i, b) for i in range(cfg.num_init) for b in range(cfg.num_batch)]
+        points = [_point(cfg, dim, i, b, device) for i in range(cfg.num_init) for b in range(cfg.num_batch)]
         rows += _aggregate(points, cfg, dim)
     return rows
-
-
-def _pivot(rows: list[dict[str, Any]], key: str, fmt: str = "{:.4f}") -> list[str]:
-    est = [r["estimator"] for r in rows if r["dim"] == rows[0]["dim"]]
-    est += [r["estimator"] for r in rows if r["estimator"] not in est]
-    est = list(dict.fromkeys(est))
-    lines = ["| d | " + " | ".join(est) + " |", "|---|" + "---|" * len(est)]
-    for dim in dict.fromkeys(r["dim"] for r in rows):
-        cells = {r["estimator"]: r for r in rows if r["dim"] == dim}
-        vals = [fmt.format(cells[e][key]) if e in cells else "–" for e in est]
-        lines.append(f"| {dim} | " + " | ".join(vals) + " |")
-    return lines
-
-
-def _cos_pivot(rows: list[dict[str, Any]]) -> list[str]:
-    fmt_rows = [{**r, "cos": " ".join(f"{r[f'cos_W{k}']:.2f}" for k in (1, 2, 3))} for r in rows]
-    return _pivot(fmt_rows, "cos", "{}")
-
-
-def _plot(rows: list[dict[str, Any]], lrs: tuple[float, ...]):  # noqa: ANN202 - a BenchResult plot callable
-    def draw(path: Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        dims = list(dict.fromkeys(r["dim"] for r in rows))
-        cols = min(3, len(dims))
-        nrows = (len(dims) + cols - 1) // cols
-        fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.6 * nrows), squeeze=False)
-        for ax, dim in zip(axes.flat, dims):
-            for r in (r for r in rows if r["dim"] == dim):
-                style = "-" if r["estimator"].startswith("ste") else ("--" if r["estimator"] == "cdg" else ":")
-                ax.plot(lrs, r["curve"], style, marker=".", label=r["estimator"])
-            ax.set_xscale("log")
-            ax.axhline(0.0, color="grey", lw=0.5)
-            ax.set_title(f"d = {dim}")
-            ax.set_xlabel("lr (per-tensor normalised step)")
-            ax.set_ylabel("loss decrease")
-        for ax in list(axes.flat)[len(dims) :]:
-            ax.axis("off")
-        axes.flat[0].legend(fontsize=6)
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-
-    return draw
 
 
 def suite(quick: bool, device: torch.device, env: dict[str, Any], config: ToyConfig | None = None) -> BenchResult:
     """Run the suite (``config`` overrides the quick/full sizes, for tests)."""
     cfg = config or (QUICK if quick else ToyConfig())
-    if device.type != "cpu":
-        raise ValueError("binary-estimators runs on CPU only (--device cpu)")
     threads = torch.get_num_threads()
     try:
         # Many small ops on a shared 2-core machine: one thread avoids waiting on a descheduled
         # sibling at every op (measured ~9x faster per population member under load 8).
         torch.set_num_threads(cfg.threads or threads)
         t0 = time.perf_counter()
-        rows = run_estimates(cfg)
+        rows = run_estimates(cfg, device)
         t_est = time.perf_counter() - t0
-        train_rows = run_handover(cfg.handover, cfg.seed)
+        train_rows = run_handover(cfg.handover, cfg.seed, device)
     finally:
         torch.set_num_threads(threads)
-    notes = _notes(cfg, rows, train_rows, t_est, time.perf_counter() - t0 - t_est)
+    notes = notes_for(cfg, rows, train_rows, t_est, time.perf_counter() - t0 - t_est)
     columns = ["dim", "estimator", "params", "evals", "loss0", "dec@0.1", "cos_W1", "cos_W2", "cos_W3",
-               "best_lr", "best_dec"]  # fmt: skip
+               "best_lr", "best_dec", "raw@0.1"]  # fmt: skip
     return BenchResult("binary-estimators: gradient estimators on binarized toy MLPs", columns,
-                       rows + train_rows, notes, _plot(rows, cfg.lrs))  # fmt: skip
-
-
-def _notes(cfg: ToyConfig, rows: list[dict], train_rows: list[dict], t_est: float, t_train: float) -> list[str]:
-    too_big = [(p, d) for d in cfg.dims for p in cfg.nes_popsizes if p * (2 * d * d + d) > cfg.nes_max_cost]
-    skipped = [f"nes-{p} at d={d}" for p, d in too_big]
-    lines = [
-        "## What was run",
-        "",
-        f"- dims {list(cfg.dims)}; {cfg.num_init} inits x {cfg.num_batch} batches of {cfg.batch} samples per dim "
-        f"(seed: 3 x 10 batches of 160,000); x ~ N(0, I); loss = MSE to an independent teacher of the same kind.",
-        f"- model d->d->d->1, bias-free, sign (+-1) hidden units, linear output, PyTorch default init; "
-        f"CDG eps={cfg.eps}; NES antithetic, sigma={cfg.sigma}, no fitness shaping, popsizes {list(cfg.nes_popsizes)} "
-        f"as prefixes of one stream of draws (nes-500 = the first 250 mirrored pairs of nes-50000).",
-        f"- NES popsizes with popsize x D > {cfg.nes_max_cost:.2g} skipped for time: {', '.join(skipped) or 'none'}.",
-        f"- guided NES: {cfg.guided_popsize} evaluations, alpha=0.5, guided by the clipped STE "
-        "(nes-guided) or by the span of the four STEs (nes-guided4).",
-        "- every gradient normalised per tensor; loss decrease in-sample on the estimation batch; "
-        f"lr grid {list(cfg.lrs)}; means over all points. evals = loss evaluations per estimate.",
-        f"- wall time: estimates {t_est:.0f} s, handover training {t_train:.0f} s (2 shared CPU cores, "
-        f"{cfg.threads or 'default'} torch thread(s)).",
-        "",
-        "## Loss decrease at lr = 0.1 (mean)",
-        "",
-        *_pivot(rows, "dec@0.1"),
-        "",
-        "## Cosine to CDG per layer [W1 W2 W3] (mean)",
-        "",
-        *_cos_pivot(rows),
-        "",
-        "## Best lr per (d, estimator) and the decrease there",
-        "",
-        *_pivot([{**r, "best": f"{r['best_lr']:g} ({r['best_dec']:.4f})"} for r in rows], "best", "{}"),
-        "",
-        *handover_notes(train_rows),
-    ]
-    return lines
+                       rows + train_rows, notes, plot_curves(rows, cfg.lrs))  # fmt: skip

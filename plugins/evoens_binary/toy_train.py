@@ -61,11 +61,11 @@ class _Reseeded(NesGradient):
 
 
 def _train(student: nn.Module, teacher: nn.Module, est: GradEstimator, cfg: HandoverBench, seed: int) -> float:
-    dim = student[0].in_features
+    dim, device = student[0].in_features, student[0].weight.device
     gen = torch.Generator().manual_seed(seed)
     est.reset()
     for _ in range(cfg.steps):
-        x = torch.randn(cfg.batch, dim, generator=gen)  # (B, d), a fresh batch per step
+        x = torch.randn(cfg.batch, dim, generator=gen).to(device)  # (B, d), a fresh batch per step
         with torch.no_grad():
             obj = ModelObjective(student, (x, teacher(x)), strategy="bmm")
         step = normalize(est.estimate(obj))
@@ -76,12 +76,13 @@ def _train(student: nn.Module, teacher: nn.Module, est: GradEstimator, cfg: Hand
 
 
 def _heldout(student: nn.Module, teacher: nn.Module, cfg: HandoverBench) -> float:
-    x = torch.randn(cfg.eval_batch, student[0].in_features, generator=torch.Generator().manual_seed(12345))
+    gen = torch.Generator().manual_seed(12345)
+    x = torch.randn(cfg.eval_batch, student[0].in_features, generator=gen).to(student[0].weight.device)
     with torch.no_grad():
         return float((student(x) - teacher(x)).pow(2).mean())
 
 
-def run_handover(cfg: HandoverBench, seed: int = 0) -> list[dict[str, Any]]:
+def run_handover(cfg: HandoverBench, seed: int = 0, device: torch.device = torch.device("cpu")) -> list[dict[str, Any]]:
     """Mean final held-out loss per (dim, method); rows of section ``train``."""
     rows = []
     for dim in cfg.dims:
@@ -90,9 +91,9 @@ def run_handover(cfg: HandoverBench, seed: int = 0) -> list[dict[str, Any]]:
         for init in range(cfg.num_init):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed * 1000 + 17 * dim + init)
-                student0, teacher = sign_mlp([dim, dim, dim, 1]), sign_mlp([dim, dim, dim, 1])
+                student0, teacher = sign_mlp([dim, dim, dim, 1]).to(device), sign_mlp([dim, dim, dim, 1]).to(device)
             for name, est in _methods(cfg, seed + init).items():
-                student = sign_mlp([dim, dim, dim, 1])
+                student = sign_mlp([dim, dim, dim, 1]).to(device)
                 student.load_state_dict(student0.state_dict())
                 finals.setdefault(name, []).append(_train(student, teacher, est, cfg, seed + 31 * init))
                 if isinstance(est, SteThenNes):
