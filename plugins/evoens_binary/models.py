@@ -17,7 +17,12 @@ an evolution strategy searches the same latent weights through the binarized for
 output layer. Normalisation (``norm``): ``layer`` (default) is per sample (LayerNorm / GroupNorm
 with one group), so train and test forwards agree and no buffers exist; ``batch`` normalises
 with the statistics of the current batch ALWAYS (no running estimates: a population evaluation
-carries no trained buffers), so it needs batches of more than one sample; ``none`` adds biases.
+carries no trained buffers), so it needs batches of more than one sample; ``none`` has none.
+Weight layers have biases except before ``batch`` (where the mean subtraction cancels them). The
+biases also matter for the sign: a binary layer's sums are integer multiples of alpha, so without
+a real-valued offset many pre-activations tie exactly at the threshold, where the sign is decided
+by float rounding (and differs between batched and looped evaluation); batch statistics over small
+batches have that problem too.
 Pure torch, no pluggy.
 """
 
@@ -164,7 +169,7 @@ def binary_mlp(
     widths = [math.prod(input_shape), *hidden]
     layers: list[nn.Module] = [nn.Flatten()] if len(input_shape) > 1 else []
     for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
-        layers.append(_linear(opts, fan_in, fan_out, full=i == 0 and opts.fp_ends, bias=opts.norm == "none"))
+        layers.append(_linear(opts, fan_in, fan_out, full=i == 0 and opts.fp_ends, bias=opts.norm != "batch"))
         layers += [_norm1d(opts.norm, fan_out), _activation(opts, activation)]
     layers.append(_linear(opts, widths[-1], num_outputs, full=opts.fp_ends, bias=True))
     return nn.Sequential(*layers)
@@ -197,14 +202,14 @@ def binary_cnn(
     k = opts.kernel
     for i, out in enumerate(opts.channels):
         if (i == 0 and opts.fp_ends) or not opts.binary_weights:
-            conv: nn.Module = nn.Conv2d(c, out, k, padding=k // 2, bias=opts.norm == "none")
+            conv: nn.Module = nn.Conv2d(c, out, k, padding=k // 2, bias=opts.norm != "batch")
         else:
             conv = BinaryConv2d(
                 c,
                 out,
                 k,
                 padding=k // 2,
-                bias=opts.norm == "none",
+                bias=opts.norm != "batch",
                 weight_scale=opts.weight_scale,  # type: ignore[arg-type]
                 estimator=opts.estimator(),
                 weight_ste=opts.weight_estimator(),

@@ -1,0 +1,137 @@
+"""Binarized models trained through the ordinary run machinery: STE gradient, evolution over the
+latent weights, exact resume, the example configs and the binary-mnist suite (tiny, on digits)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from evoens_binary import hooks
+from evoens_binary.mnist_bench import FP, Sizes, run_sizes
+
+from evoens.config import load_config
+from evoens.engine import resume
+from evoens.testing import make_plugin_manager, run_inline, tiny_config
+
+PLUGIN = ("binary", hooks)
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("binary-*.toml"))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Small ops on the 2 shared cores: two intra-op threads wait on each other (up to 30x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _metrics(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("estimator", ["clipped", "swishsign"])
+def test_gradient_training_with_an_ste_learns_digits(estimator: str, tmp_path: Path) -> None:
+    config = tiny_config(
+        generations=120,
+        eval_every=120,
+        data={"batch_size": 64},
+        model={"name": "binary_mlp", "hidden": [32, 32], "options": {"ste": estimator}},
+        trainer={"name": "gradient", "popsize": 1, "lr": 0.01},
+    )
+    summary = run_inline(config, tmp_path, PLUGIN)
+    assert summary["test_accuracy"] > 0.75  # chance is 0.1
+
+
+@pytest.mark.parametrize("searcher", ["pgpe", "snes"])
+def test_evolution_over_latent_weights_improves_fitness(searcher: str, tmp_path: Path) -> None:
+    options = {"pgpe": {"center_learning_rate": 0.05, "stdev_init": 0.1}, "snes": {"stdev_init": 0.1}}[searcher]
+    config = tiny_config(
+        generations=100,
+        eval_every=100,
+        reporters=["jsonl"],
+        data={"batch_size": 0},  # the whole training split: fitness comparable across generations
+        model={"name": "binary_mlp", "hidden": [16, 16]},
+        trainer={"name": "evolution", "searcher": searcher, "popsize": 32, "searcher_options": options},
+    )
+    summary = run_inline(config, tmp_path, PLUGIN)
+    metrics = _metrics(tmp_path)
+    first, last = metrics[0]["mean_fitness"], metrics[-1]["mean_fitness"]
+    assert last > first + 0.5, (first, last)  # cross-entropy 2.5 -> about 1.6 on this seed
+    assert summary["test_accuracy"] > 0.35
+
+
+def test_binary_gradient_run_resumes_exactly(tmp_path: Path) -> None:
+    def config(generations: int) -> Any:
+        return tiny_config(
+            generations=generations,
+            data={"batch_size": 32},
+            model={"name": "binary_mlp", "hidden": [16, 16], "options": {"ste": "approxsign"}},
+            trainer={"name": "gradient", "popsize": 2, "lr": 0.01},
+            checkpoint={"every": 3},
+        )
+
+    whole = run_inline(config(6), tmp_path / "whole", PLUGIN)
+    run_inline(config(3), tmp_path / "half", PLUGIN)
+    resumed = resume(tmp_path / "half", make_plugin_manager(PLUGIN), ["generations=6"])
+    for key in ("best_fitness", "test_accuracy", "val_accuracy", "final_stats", "selected"):
+        assert resumed[key] == whole[key], key
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_config_validates_and_runs(path: Path, tmp_path: Path) -> None:
+    config = load_config(path)
+    assert config.model.name in ("binary_mlp", "binary_cnn") and config.data.name == "mnist"
+    registry = make_plugin_manager(PLUGIN).registry
+    template = registry.create("model", config.model.name, (1, 28, 28), 10, config.model)
+    assert sum(p.numel() for p in template.parameters()) > 0
+    # the same config, two generations on the offline digits
+    short = load_config(path, ["generations=2", "eval_every=1", "reporters=[]", "data.name=digits"])
+    summary = run_inline(short, tmp_path, PLUGIN)
+    assert summary["generations"] == 2 and 0.0 <= summary["test_accuracy"] <= 1.0
+
+
+def test_examples_exist() -> None:
+    assert {p.name for p in EXAMPLES} >= {"binary-mlp-ste.toml", "binary-mlp-pgpe.toml"}
+
+
+@pytest.mark.slow
+def test_suite_tiny_on_digits_has_one_row_per_run(tmp_path: Path) -> None:
+    sizes = Sizes(
+        dataset="digits",
+        mlp_hidden=(16, 16),
+        mlp_epochs=1,
+        cnn_channels=(4, 4),
+        cnn_epochs=1,
+        batch_size=128,
+        lr=0.01,
+        evo_hidden=(8, 8),
+        evo_generations=3,
+        evo_popsize=8,
+        evo_batch=128,
+        stes=("clipped", "identity"),
+        cnn_stes=("clipped",),
+        searchers=("pgpe",),
+        evals=1,
+    )
+    result = run_sizes(sizes, torch.device("cpu"))
+    methods = [(r["model"], r["method"]) for r in result.rows]
+    assert methods == [
+        ("binary_mlp", "clipped"),
+        ("binary_mlp", "identity"),
+        ("binary_mlp", FP),
+        ("binary_cnn", "clipped"),
+        ("binary_cnn", FP),
+        ("binary_mlp", "pgpe"),
+    ]
+    for row in result.rows:
+        assert set(row) == set(result.columns) and 0.0 <= row["test_accuracy"] <= 1.0
+    fp = next(r for r in result.rows if r["model"] == "binary_mlp" and r["method"] == FP)
+    assert fp["step_time_vs_fp_mlp"] == 1.0 and fp["binary_weights"] == 0
+    assert all(r["binary_weights"] > 0 for r in result.rows if r["method"] != FP)
+    result.plot(tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 0
