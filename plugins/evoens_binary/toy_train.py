@@ -4,10 +4,12 @@ Reference: seed 002's discussion item "switch from STE to NES when STE training 
 minimum" and the 2021-05 pre-training protocol (STE steps on (16000, d) batches until the loss
 plateaus); shared/specs/binary.md §1.7.
 
-Each method takes ``steps`` per-tensor normalised descent steps ``w <- w - lr g_hat`` on fresh
-batches of the toy teacher-student task; the final loss is measured on one held-out batch. Methods:
-``ste:clipped`` all the way, ``nes-P`` all the way, and ``ste-nes`` (STE until its minibatch loss
-has not improved for ``patience`` steps, then STE-guided NES with P evaluations). Pure torch.
+Each method takes ``steps`` per-tensor normalised descent steps ``w <- w - lr_t g_hat`` on fresh
+batches of the toy teacher-student task, ``lr_t`` decaying linearly to 0 (so a plateau is not just
+a too-large step); the final loss is measured on one held-out batch. Methods: ``ste:clipped`` all
+the way, ``nes-P`` all the way, ``ste-nes`` (STE until its minibatch loss has not improved for
+``patience`` steps, then STE-guided NES with P evaluations) and ``ste-nes-plain`` (the same with
+plain NES after the handover). Pure torch.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from evoens_binary.objective import ModelObjective, Objective
 class HandoverBench:
     dims: tuple[int, ...] = (8, 16)
     num_init: int = 3
-    steps: int = 80
+    steps: int = 120
     batch: int = 1024
     eval_batch: int = 8192
     lr: float = 0.05
@@ -45,6 +47,7 @@ def _methods(cfg: HandoverBench, seed: int) -> dict[str, GradEstimator]:
         "ste:clipped": SteGradient(ste="clipped"),
         f"nes-{cfg.popsize}": _Reseeded(nes_cfg),
         "ste-nes": SteThenNes(HandoverConfig(ste="clipped", nes=nes_cfg, patience=cfg.patience)),
+        "ste-nes-plain": SteThenNes(HandoverConfig(ste="clipped", nes=nes_cfg, patience=cfg.patience, guided=False)),
     }
 
 
@@ -64,14 +67,15 @@ def _train(student: nn.Module, teacher: nn.Module, est: GradEstimator, cfg: Hand
     dim, device = student[0].in_features, student[0].weight.device
     gen = torch.Generator().manual_seed(seed)
     est.reset()
-    for _ in range(cfg.steps):
+    for t in range(cfg.steps):
+        lr = cfg.lr * (1 - t / cfg.steps)  # linear decay
         x = torch.randn(cfg.batch, dim, generator=gen).to(device)  # (B, d), a fresh batch per step
         with torch.no_grad():
             obj = ModelObjective(student, (x, teacher(x)), strategy="bmm")
         step = normalize(est.estimate(obj))
         with torch.no_grad():
             for name, p in student.named_parameters():
-                p.sub_(cfg.lr * step[name])
+                p.sub_(lr * step[name])
     return _heldout(student, teacher, cfg)
 
 
@@ -87,7 +91,7 @@ def run_handover(cfg: HandoverBench, seed: int = 0, device: torch.device = torch
     rows = []
     for dim in cfg.dims:
         finals: dict[str, list[float]] = {}
-        switches: list[int] = []
+        switches: dict[str, list[int]] = {}
         for init in range(cfg.num_init):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed * 1000 + 17 * dim + init)
@@ -97,13 +101,13 @@ def run_handover(cfg: HandoverBench, seed: int = 0, device: torch.device = torch
                 student.load_state_dict(student0.state_dict())
                 finals.setdefault(name, []).append(_train(student, teacher, est, cfg, seed + 31 * init))
                 if isinstance(est, SteThenNes):
-                    switches.append(cfg.steps if est.switched_at is None else est.switched_at)
+                    switches.setdefault(name, []).append(cfg.steps if est.switched_at is None else est.switched_at)
             finals.setdefault("init", []).append(_heldout(student0, teacher, cfg))
         for name, vals in finals.items():
             row = {"section": "train", "dim": dim, "estimator": f"train:{name}", "steps": cfg.steps,
                    "final_loss": sum(vals) / len(vals)}  # fmt: skip
-            if name == "ste-nes":
-                row["switch_step"] = sum(switches) / len(switches)
+            if name in switches:
+                row["switch_steps"] = switches[name]
             rows.append(row)
     return rows
 
@@ -116,12 +120,12 @@ def handover_notes(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         f"## STE -> NES handover: held-out loss after {steps} normalised steps (mean over inits)",
         "",
-        "| d | " + " | ".join(n.removeprefix("train:") for n in names) + " | mean handover step |",
+        "| d | " + " | ".join(n.removeprefix("train:") for n in names) + " | handover steps (per init) |",
         "|---|" + "---|" * (len(names) + 1),
     ]
     for dim in dict.fromkeys(r["dim"] for r in rows):
         cells = {r["estimator"]: r for r in rows if r["dim"] == dim}
-        sw = cells.get("train:ste-nes", {}).get("switch_step")
+        sw = cells.get("train:ste-nes", {}).get("switch_steps", [])
         vals = [f"{cells[n]['final_loss']:.4f}" if n in cells else "–" for n in names]
-        lines.append(f"| {dim} | " + " | ".join(vals) + f" | {'' if sw is None else f'{sw:.1f}'} |")
+        lines.append(f"| {dim} | " + " | ".join(vals) + f" | {' '.join(map(str, sw))} |")
     return lines
