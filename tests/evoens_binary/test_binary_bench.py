@@ -34,7 +34,7 @@ def test_rows_cover_every_dim_and_estimator(result) -> None:  # noqa: ANN001
         assert len(r["curve"]) == 3 and r["best_lr"] in TINY.lrs and r["dec@0.1"] == r["curve"][1]
         assert r["best_dec"] == max(r["curve"]) and isinstance(r["raw@0.1"], float)
     train = [r for r in result.rows if r["section"] == "train"]
-    assert {r["estimator"] for r in train} == {"train:ste:clipped", "train:nes-20", "train:ste-nes", "train:init"}
+    assert {r["estimator"] for r in train} == {"train:ste:clipped", "train:nes-20", "train:ste-nes", "train:ste-nes-plain", "train:init"}
 
 
 def test_numbers_have_the_expected_properties(result) -> None:  # noqa: ANN001
