@@ -30,6 +30,7 @@ def _estimator_providers() -> Iterator[Provider]:
     yield Provider("grad_estimator", "cdg", cdg.CdgGradient, "central coordinate differences (BinaryDuo CDG)")
     yield Provider("grad_estimator", "nes", nes.NesGradient, "Gaussian search gradient, antithetic, batched")
     yield Provider("grad_estimator", "nes-guided", hybrid.GuidedNesGradient, "NES guided by STE directions")
+    yield Provider("grad_estimator", "nes-cv", hybrid.ControlVariateNes, "NES with the STE gradient as control variate")
     yield Provider("grad_estimator", "ste-nes", hybrid.SteThenNes, "STE, handing over to NES on a plateau")
     yield Provider("benchmark", "binary-estimators", toy_bench.suite, toy_bench.DESCRIPTION)
 

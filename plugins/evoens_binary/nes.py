@@ -73,8 +73,8 @@ def gaussian_noise(gen: torch.Generator, rows: int, objective: Objective) -> Ten
     return torch.randn(rows, objective.dim, generator=gen, device=x0.device, dtype=x0.dtype)
 
 
-def _directions(config: NesConfig, objective: Objective, noise: Noise) -> Iterator[Tensor]:
-    """The same sequence of ``(c, d)`` noise chunks every time it is called."""
+def directions(config: NesConfig, objective: Objective, noise: Noise = gaussian_noise) -> Iterator[Tensor]:
+    """The same sequence of ``(c, d)`` noise chunks every time it is called (seeded by ``config.seed``)."""
     gen = torch.Generator(device=objective.x0.device).manual_seed(config.seed)
     for start, stop in iter_chunks(config.directions, config.chunk):
         yield noise(gen, stop - start, objective)
@@ -100,6 +100,12 @@ def _pair_weights(config: NesConfig, values: Tensor, baseline: Tensor) -> Tensor
     return values - baseline  # (c,)
 
 
+def chunk_weights(objective: Objective, config: NesConfig, s: Tensor, baseline: Tensor) -> Tensor:
+    """Evaluate one chunk of directions ``s`` (``(c, d)``) as one population -> weights ``(c,)``,
+    ``(L(x0 + sigma s) - L(x0 - sigma s)) / 2`` (antithetic) or ``L(x0 + sigma s) - baseline``."""
+    return _pair_weights(config, objective.losses(_rows(config, objective.x0, s)), baseline)
+
+
 def _split(config: NesConfig, losses: Tensor) -> tuple[Tensor, Tensor]:
     """Chunk-interleaved losses ``[+c1, -c1, +c2, -c2, ...]`` -> ``(plus, minus)`` in direction order."""
     if not config.antithetic:
@@ -119,15 +125,15 @@ def _nes(objective: Objective, config: NesConfig, noise: Noise, evaluate: Callab
         grad = torch.zeros_like(x0)
         if config.shaping == "none":  # weights known per chunk: one pass, noise never stored
             baseline = x0.new_zeros(()) if config.antithetic else evaluate(x0[None])[0]
-            for s in _directions(config, objective, noise):
+            for s in directions(config, objective, noise):
                 grad += _pair_weights(config, evaluate(_rows(config, x0, s)), baseline) @ s  # (d,)
             return grad / (n * config.sigma)
         # Ranks need every loss first; then the same noise is drawn again rather than stored.
-        losses = torch.cat([evaluate(_rows(config, x0, s)) for s in _directions(config, objective, noise)])
+        losses = torch.cat([evaluate(_rows(config, x0, s)) for s in directions(config, objective, noise)])
         plus, minus = _split(config, losses)
         values = _utilities(config, torch.cat([plus, minus]))  # (popsize,) in direction order
         weights = _pair_weights(config, values, x0.new_zeros(()))  # (n,); utilities sum to ~0: no baseline
-        for (a, b), s in zip(iter_chunks(n, config.chunk), _directions(config, objective, noise)):
+        for (a, b), s in zip(iter_chunks(n, config.chunk), directions(config, objective, noise)):
             grad += weights[a:b] @ s  # (d,)
         return grad / (n * config.sigma)
 
@@ -162,7 +168,7 @@ def nes_nested(
     x0, out, grad, done = objective.x0, {}, torch.zeros_like(objective.x0), 0
     baseline = x0.new_zeros(()) if cfg.antithetic else objective.losses(x0[None])[0]
     with torch.no_grad():
-        for s in _directions(cfg, objective, noise):
+        for s in directions(cfg, objective, noise):
             for a, b in _cuts(done, done + s.shape[0], sorted(wanted)):
                 part = s[a - done : b - done]  # (c, d)
                 grad += _pair_weights(cfg, objective.losses(_rows(cfg, x0, part)), baseline) @ part

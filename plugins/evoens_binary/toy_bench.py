@@ -25,7 +25,7 @@ from evoens.bench import BenchResult
 from evoens_binary.analysis import cosine_per_tensor, loss_decrease
 from evoens_binary.cdg import CdgConfig, cdg
 from evoens_binary.estimators import GradEstimator, SteGradient
-from evoens_binary.hybrid import GuidedNesGradient
+from evoens_binary.hybrid import ControlVariateNes, GuidedNesGradient
 from evoens_binary.layers import sign_mlp
 from evoens_binary.nes import NesConfig, nes_nested
 from evoens_binary.objective import ModelObjective
@@ -56,6 +56,7 @@ class ToyConfig:
     nes_popsizes: tuple[int, ...] = (500, 5000, 50000)
     nes_max_cost: float = 1.1e8
     guided_popsize: int = 500
+    cv_popsizes: tuple[int, ...] = (500, 5000)
     lrs: tuple[float, ...] = LRS
     seed: int = 0
     threads: int | None = 1  # torch threads during the run (None: leave as is); see the notes
@@ -75,13 +76,17 @@ def toy_pair(dim: int, seed: int) -> tuple[nn.Module, nn.Module]:
         return sign_mlp([dim, dim, dim, 1]), sign_mlp([dim, dim, dim, 1])
 
 
-def _estimators(cfg: ToyConfig) -> dict[str, GradEstimator]:
+def _estimators(cfg: ToyConfig, params: int) -> dict[str, GradEstimator]:
     out: dict[str, GradEstimator] = {name: SteGradient(ste=s, params=p) for name, s, p in STE_SET}
     nes_cfg = NesConfig(popsize=cfg.guided_popsize, sigma=cfg.sigma, seed=cfg.seed + 1, chunk=250)
     out[f"nes-guided-{cfg.guided_popsize}"] = GuidedNesGradient(nes=nes_cfg, guides=("clipped",))
     out[f"nes-guided4-{cfg.guided_popsize}"] = GuidedNesGradient(
         nes=nes_cfg, guides=("clipped", "steep", "swishsign", "approxsign")
     )
+    for p in cfg.cv_popsizes:
+        if p * params <= cfg.nes_max_cost:
+            cv = NesConfig(popsize=p, sigma=cfg.sigma, seed=cfg.seed + 3, chunk=250)
+            out[f"nes-cv-{p}"] = ControlVariateNes(nes=cv, ste="clipped")
     return out
 
 
@@ -102,9 +107,9 @@ def _point(cfg: ToyConfig, dim: int, init: int, batch: int, device: torch.device
         nes_cfg = NesConfig(popsize=2, sigma=cfg.sigma, seed=cfg.seed + 2, chunk=250)
         for p, g in zip(sizes, nes_nested(obj, nes_cfg, sizes)):
             grads[f"nes-{p}"], cost[f"nes-{p}"] = obj.unflatten(g), p
-    for name, est in _estimators(cfg).items():
+    for name, est in _estimators(cfg, D).items():
         grads[name] = est.estimate(obj)
-        cost[name] = est.config.nes.popsize if isinstance(est, GuidedNesGradient) else 0
+        cost[name] = est.config.nes.popsize if isinstance(est, (GuidedNesGradient, ControlVariateNes)) else 0
     names = list(grads)
     dec = loss_decrease(obj, [grads[n] for n in names], cfg.lrs)  # (E, L)
     raw = loss_decrease(obj, [grads[n] for n in names], [0.1], mode="none")[:, 0]  # (E,) unnormalised steps

@@ -75,12 +75,15 @@ def _mean(values: list[float]) -> float:
 
 
 def open_ideas_summary(rows: Rows, guided_popsize: int) -> list[str]:
+    # Each idea against plain NES at the same number of loss evaluations, and against the clipped STE.
     """Computed one-liners: does STE guidance help NES at equal cost, and against the STE itself?"""
     by = {(r["dim"], r["estimator"]): r for r in rows}
     dims = sorted({r["dim"] for r in rows})
-    plain, guided, guided4 = f"nes-{guided_popsize}", f"nes-guided-{guided_popsize}", f"nes-guided4-{guided_popsize}"
+    ideas = [(f"nes-guided-{guided_popsize}", guided_popsize), (f"nes-guided4-{guided_popsize}", guided_popsize)]
+    ideas += [(name, int(name[7:])) for name in dict.fromkeys(r["estimator"] for r in rows) if name[:7] == "nes-cv-"]
     out = ["## Do the open ideas help? (computed from the rows above)", ""]
-    for g in (guided, guided4):
+    for g, popsize in ideas:
+        plain = f"nes-{popsize}"
         have = [d for d in dims if (d, g) in by and (d, plain) in by]
         pairs = [(by[(d, g)], by[(d, plain)], by[(d, "ste:clipped")]) for d in have]
         if not pairs:
@@ -89,9 +92,9 @@ def open_ideas_summary(rows: Rows, guided_popsize: int) -> list[str]:
         wins_p = sum(a["best_dec"] > b["best_dec"] for a, b, _ in pairs)
         wins_s = sum(a["best_dec"] > c["best_dec"] for a, _, c in pairs)
         out.append(
-            f"- {g} ({guided_popsize} evaluations): mean hidden-layer cosine to CDG {cos_g:.2f} vs {cos_p:.2f} for "
-            f"{plain} and {cos_s:.2f} for ste:clipped; larger best-lr loss decrease than {plain} at {wins_p}/"
-            f"{len(pairs)} dims and than ste:clipped at {wins_s}/{len(pairs)} dims."
+            f"- {g} ({popsize} evaluations + 1 STE backward): mean hidden-layer cosine to CDG {cos_g:.2f} vs "
+            f"{cos_p:.2f} for {plain} and {cos_s:.2f} for ste:clipped; larger best-lr loss decrease than {plain} "
+            f"at {wins_p}/{len(pairs)} dims and than ste:clipped at {wins_s}/{len(pairs)} dims."
         )
     return out
 
@@ -156,7 +159,8 @@ def notes_for(cfg: ToyConfig, rows: Rows, train_rows: Rows, t_est: float, t_trai
         f"{list(cfg.nes_popsizes)} as prefixes of one stream of draws (nes-500 = the first 250 mirrored pairs of "
         f"nes-5000, ...); popsizes with popsize x D > {cfg.nes_max_cost:.3g} skipped for time: {skipped}.",
         f"- guided NES (Guided ES covariance, alpha=0.5, {cfg.guided_popsize} evaluations): nes-guided spans the "
-        "clipped-STE gradient, nes-guided4 the span of the four STE gradients at the same point.",
+        "clipped-STE gradient, nes-guided4 the span of the four STE gradients at the same point; nes-cv-P: "
+        "antithetic NES with the clipped-STE gradient as a least-squares-fitted linear control variate.",
         "- every gradient normalised per tensor (g_l / (||g_l|| + 1e-8)); loss decrease in-sample on the "
         f"estimation batch; lr grid {list(cfg.lrs)}; means over all points; evals = loss evaluations per "
         "estimate; raw@0.1 = decrease of the UNnormalised step w - 0.1 g.",

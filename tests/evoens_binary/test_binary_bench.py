@@ -14,6 +14,7 @@ from evoens.bench import run_suite
 
 TINY = ToyConfig(
     dims=(2, 3), num_init=2, batch=256, nes_popsizes=(20, 100, 1000), nes_max_cost=2e4, guided_popsize=20,
+    cv_popsizes=(20,),
     lrs=(0.01, 0.1, 0.5),
     handover=HandoverBench(dims=(3,), num_init=1, steps=6, batch=64, eval_batch=256, popsize=20, patience=2),
 )  # fmt: skip
@@ -27,14 +28,16 @@ def result():  # noqa: ANN201
 def test_rows_cover_every_dim_and_estimator(result) -> None:  # noqa: ANN001
     est = [r for r in result.rows if r["section"] == "estimate"]
     # d=2: D=10 -> nes-1000 costs 1e4 <= 2e4; d=3: D=21 -> 2.1e4 > 2e4: skipped
-    want2 = {"cdg", "nes-20", "nes-100", "nes-1000", "nes-guided-20", "nes-guided4-20", *(n for n, _, _ in STE_SET)}
+    want2 = {"cdg", "nes-20", "nes-100", "nes-1000", "nes-guided-20", "nes-guided4-20", "nes-cv-20",
+             *(n for n, _, _ in STE_SET)}  # fmt: skip
     assert {r["estimator"] for r in est if r["dim"] == 2} == want2
     assert {r["estimator"] for r in est if r["dim"] == 3} == want2 - {"nes-1000"}
     for r in est:
         assert len(r["curve"]) == 3 and r["best_lr"] in TINY.lrs and r["dec@0.1"] == r["curve"][1]
         assert r["best_dec"] == max(r["curve"]) and isinstance(r["raw@0.1"], float)
     train = [r for r in result.rows if r["section"] == "train"]
-    assert {r["estimator"] for r in train} == {"train:ste:clipped", "train:nes-20", "train:ste-nes", "train:ste-nes-plain", "train:init"}
+    methods = {"ste:clipped", "nes-20", "ste-nes", "ste-nes-plain", "init"}
+    assert {r["estimator"] for r in train} == {f"train:{m}" for m in methods}
 
 
 def test_numbers_have_the_expected_properties(result) -> None:  # noqa: ANN001
