@@ -48,9 +48,9 @@ NORMS = ("layer", "batch", "none")
 class BinaryOptions:
     """``model.options`` of the binary models, validated (see :func:`parse_options`)."""
 
-    ste: str = "clipped"  # STE of every sign (activations, and weights unless weight_ste)
+    ste: str = "clipped"  # STE of every sign (activations, and weights unless weight_ste); "ste:NAME" too
     ste_params: dict[str, float] = field(default_factory=dict)  # e.g. {k = 2} for steep
-    weight_ste: str | None = None
+    weight_ste: str | None = None  # a different STE for the weights (without parameters)
     weight_scale: str = "layer"  # none | layer | channel (= xnor)
     binary_weights: bool = True
     binary_activations: bool = True  # False: model.activation instead of sign
@@ -99,12 +99,18 @@ def parse_options(model: str, options: Mapping[str, Any]) -> BinaryOptions:
         if key in opts:
             _check_type(model, key, opts[key], is_bool, "true or false")
     for key in ("ste", "weight_ste"):
+        if key in opts and isinstance(opts[key], str):
+            opts[key] = opts[key].removeprefix("ste:")  # the grad_estimator provider's name works too
         if key in opts and (not isinstance(opts[key], str) or ALIASES.get(opts[key], opts[key]) not in STES):
-            raise _fail(model, f"options.{key} = {opts[key]!r} is not a known STE")
+            raise _fail(model, f"options.{key} = {options[key]!r} is not a known STE")
     if "ste_params" in opts:
         _check_type(model, "ste_params", opts["ste_params"], lambda v: isinstance(v, Mapping), "a table")
         opts["ste_params"] = dict(opts["ste_params"])
-    scale = SCALE_ALIASES.get(opts.get("weight_scale", "layer"), opts.get("weight_scale", "layer"))
+        for name, value in opts["ste_params"].items():
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            _check_type(model, f"ste_params.{name}", value, lambda _v, ok=number: ok, "a number")
+    scale = opts.get("weight_scale", "layer")
+    scale = SCALE_ALIASES.get(scale, scale) if isinstance(scale, str) else scale
     _check_type(model, "weight_scale", scale, lambda v: v in WEIGHT_SCALES, f"one of {', '.join(WEIGHT_SCALES)}")
     opts["weight_scale"] = scale
     if "norm" in opts:

@@ -163,6 +163,8 @@ def test_full_precision_variant_has_no_binarizing_module() -> None:
         ("binary_mlp", {"ste": "sgn"}, (64,), "options.ste = 'sgn' is not a known STE"),
         ("binary_mlp", {"weight_scale": "row"}, (64,), "options.weight_scale = 'row' must be one of none, layer"),
         ("binary_mlp", {"ste": "steep", "ste_params": {"k": -1}}, (64,), "steep STE needs k > 0"),
+        ("binary_mlp", {"ste": "steep", "ste_params": {"k": "2"}}, (64,), "ste_params.k = '2' must be a number"),
+        ("binary_mlp", {"weight_scale": ["layer"]}, (64,), r"options.weight_scale = \['layer'\] must be one of"),
         ("binary_mlp", {"channels": [4]}, (64,), r"unknown option\(s\) channels"),
         ("binary_mlp", {"norm": "group"}, (64,), "options.norm = 'group' must be one of layer, batch, none"),
         ("binary_cnn", {"kernel": 4}, (64,), "options.kernel = 4 must be an odd positive integer"),

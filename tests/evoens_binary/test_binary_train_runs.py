@@ -34,7 +34,7 @@ def _metrics(out: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("estimator", ["clipped", "swishsign"])
+@pytest.mark.parametrize("estimator", ["clipped", "identity", "approxsign", "ste:swishsign", "steep"])
 def test_gradient_training_with_an_ste_learns_digits(estimator: str, tmp_path: Path) -> None:
     config = tiny_config(
         generations=120,
@@ -45,6 +45,18 @@ def test_gradient_training_with_an_ste_learns_digits(estimator: str, tmp_path: P
     )
     summary = run_inline(config, tmp_path, PLUGIN)
     assert summary["test_accuracy"] > 0.75  # chance is 0.1
+
+
+def test_gradient_training_of_the_binary_cnn_learns_digits(tmp_path: Path) -> None:
+    config = tiny_config(
+        generations=150,
+        eval_every=150,
+        data={"batch_size": 64},
+        model={"name": "binary_cnn", "options": {"channels": [8, 16], "ste": "approxsign"}},
+        trainer={"name": "gradient", "popsize": 1, "lr": 0.01},
+    )
+    summary = run_inline(config, tmp_path, PLUGIN)
+    assert summary["test_accuracy"] > 0.6  # chance is 0.1
 
 
 @pytest.mark.parametrize("searcher", ["pgpe", "snes"])
