@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from evoens_binary.estimators import GradEstimator, SteGradient, autograd_gradient
-from evoens_binary.nes import NesConfig, chunk_weights, directions, nes
+from evoens_binary.nes import NesConfig, Noise, chunk_weights, directions, nes
 from evoens_binary.objective import Objective
 from evoens_binary.ops import ste
 
@@ -64,7 +64,7 @@ def guide_basis(objective: Objective, guides: tuple[str, ...]) -> Tensor:
     return q[:, keep]
 
 
-def guided_noise(basis: Tensor, alpha: float):  # noqa: ANN201 - returns an evoens_binary.nes.Noise
+def guided_noise(basis: Tensor, alpha: float) -> Noise:
     """Directions ``sqrt(alpha) z + sqrt((1 - alpha) d / k) U z_k``: covariance as in Guided ES."""
 
     def draw(gen: torch.Generator, rows: int, objective: Objective) -> Tensor:

@@ -10,7 +10,7 @@ import torch
 from evoens_binary.toy_bench import STE_SET, ToyConfig, suite, toy_pair
 from evoens_binary.toy_train import HandoverBench
 
-from evoens.bench import run_suite
+from evoens.bench import BenchResult, run_suite
 
 TINY = ToyConfig(
     dims=(2, 3), num_init=2, batch=256, nes_popsizes=(20, 100, 1000), nes_max_cost=2e4, guided_popsize=20,
@@ -21,11 +21,11 @@ TINY = ToyConfig(
 
 
 @pytest.fixture(scope="module")
-def result():  # noqa: ANN201
+def result() -> BenchResult:
     return suite(quick=True, device=torch.device("cpu"), env={}, config=TINY)
 
 
-def test_rows_cover_every_dim_and_estimator(result) -> None:  # noqa: ANN001
+def test_rows_cover_every_dim_and_estimator(result: BenchResult) -> None:
     est = [r for r in result.rows if r["section"] == "estimate"]
     # d=2: D=10 -> nes-1000 costs 1e4 <= 2e4; d=3: D=21 -> 2.1e4 > 2e4: skipped
     want2 = {"cdg", "nes-20", "nes-100", "nes-1000", "nes-guided-20", "nes-guided4-20", "nes-cv-20",
@@ -40,7 +40,7 @@ def test_rows_cover_every_dim_and_estimator(result) -> None:  # noqa: ANN001
     assert {r["estimator"] for r in train} == {f"train:{m}" for m in methods}
 
 
-def test_numbers_have_the_expected_properties(result) -> None:  # noqa: ANN001
+def test_numbers_have_the_expected_properties(result: BenchResult) -> None:
     est = [r for r in result.rows if r["section"] == "estimate"]
     for r in est:
         if r["estimator"].startswith("ste:"):
@@ -56,7 +56,7 @@ def test_numbers_have_the_expected_properties(result) -> None:  # noqa: ANN001
         assert heading in text
 
 
-def test_run_suite_writes_json_markdown_and_plot(tmp_path: Path, result) -> None:  # noqa: ANN001
+def test_run_suite_writes_json_markdown_and_plot(tmp_path: Path, result: BenchResult) -> None:
     payload = run_suite(lambda **kw: result, "binary-estimators", quick=True, out=tmp_path, device=torch.device("cpu"))
     assert json.loads((tmp_path / "binary-estimators.json").read_text())["rows"] == payload["rows"]
     assert (tmp_path / "binary-estimators.png").stat().st_size > 1000
