@@ -1,4 +1,4 @@
-"""The seed's open ideas, cheap versions: NES guided by STE directions, and STE handing over to NES.
+"""The seed's open ideas, cheap versions: NES guided by / corrected with STE directions, STE -> NES.
 
 References: Maheswaranathan, Metz, Tucker, Choi, Sohl-Dickstein, "Guided evolutionary strategies:
 augmenting random search with surrogate gradients", ICML 2019, arXiv:1806.10230 (search covariance
