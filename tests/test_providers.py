@@ -11,9 +11,16 @@ from evoens.config import ModelConfig
 from evoens.population import Population
 from evoens.testing import make_plugin_manager, run_inline, tiny_config
 
-REGISTRY = make_plugin_manager().registry
+REGISTRY = make_plugin_manager(entry_points=True).registry  # the core and every installed plugin
 CHECKED = {"fitness", "model", "dataset", "searcher", "trainer", "reporter"}
+# Kinds whose conformance test lives beside the plugin that defines the kind's contract.
+ELSEWHERE = {
+    "benchmark": "tests/test_bench.py and each suite's quick-mode test in tests/evoens_*/",
+    "grad_estimator": "tests/evoens_binary/test_binary_estimators.py::test_grad_estimator_provider_conformance",
+    "mutation": "tests/evoens_morph/test_morph_widen.py (conformance over every registered mutation)",
+}
 NEEDS_FILES = {"mnist", "fashion-mnist", "cifar10", "cifar10.1"}  # covered by tests/test_data.py
+IMAGE_MODELS = {"convnet", "binary_cnn"}
 
 
 def _names(kind: str) -> list[str]:
@@ -21,7 +28,9 @@ def _names(kind: str) -> list[str]:
 
 
 def test_every_kind_in_use_has_a_conformance_check() -> None:
-    assert {p.kind for p in REGISTRY} <= CHECKED
+    assert {p.kind for p in REGISTRY} <= CHECKED | set(ELSEWHERE)
+    for where in ELSEWHERE.values():
+        assert (Path(__file__).parent.parent / where.split("::")[0].split(" ")[0]).exists()
 
 
 @pytest.mark.parametrize("name", _names("fitness"))
@@ -39,7 +48,7 @@ def test_fitness_shape_and_direction(name: str) -> None:
 
 @pytest.mark.parametrize("name", _names("model"))
 def test_model_runs_batched_and_matches_the_loop(name: str) -> None:
-    shape = (1, 28, 28) if name == "convnet" else (64,)
+    shape = (1, 28, 28) if name in IMAGE_MODELS else (64,)
     template = REGISTRY.create("model", name, shape, 10, ModelConfig())
     pop = Population.from_module(template, 3, generator=torch.Generator().manual_seed(0))
     x = torch.rand(5, *shape)
