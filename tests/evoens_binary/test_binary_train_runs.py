@@ -111,7 +111,6 @@ def test_examples_exist() -> None:
     assert {p.name for p in EXAMPLES} >= {"binary-mlp-ste.toml", "binary-mlp-pgpe.toml"}
 
 
-@pytest.mark.slow
 def test_suite_tiny_on_digits_has_one_row_per_run(tmp_path: Path) -> None:
     sizes = Sizes(
         dataset="digits",
