@@ -77,6 +77,23 @@ def test_evolution_over_latent_weights_improves_fitness(searcher: str, tmp_path:
     assert summary["test_accuracy"] > 0.35
 
 
+@pytest.mark.slow
+def test_xnes_full_covariance_over_a_small_binary_net_improves_fitness(tmp_path: Path) -> None:
+    """XNES adapts a D x D covariance (D = 714 here; ~20 s), so only small binarized nets suit it."""
+    config = tiny_config(
+        generations=60,
+        eval_every=60,
+        reporters=["jsonl"],
+        data={"batch_size": 0},
+        model={"name": "binary_mlp", "hidden": [8, 8]},
+        trainer={"name": "evolution", "searcher": "xnes", "popsize": 32, "searcher_options": {"stdev_init": 0.1}},
+    )
+    summary = run_inline(config, tmp_path, PLUGIN)
+    metrics = _metrics(tmp_path)
+    assert metrics[-1]["mean_fitness"] > metrics[0]["mean_fitness"] + 0.4
+    assert summary["test_accuracy"] > 0.3
+
+
 def test_binary_gradient_run_resumes_exactly(tmp_path: Path) -> None:
     def config(generations: int) -> Any:
         return tiny_config(
