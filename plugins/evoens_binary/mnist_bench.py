@@ -79,7 +79,9 @@ def model_table(kind: str, sizes: Sizes, method: str) -> dict[str, Any]:
     return {"name": kind, "hidden": hidden, "options": options}
 
 
-def run_config(kind: str, method: str, sizes: Sizes, generations: int, device: torch.device, data_dir: str | None):
+def run_config(
+    kind: str, method: str, sizes: Sizes, generations: int, device: torch.device, data_dir: str | None
+) -> dict[str, Any]:
     """The run config (as a dict) of one table row."""
     evolution = method in SEARCHER_OPTIONS
     trainer: dict[str, Any] = (
