@@ -88,16 +88,31 @@ def _check_type(model: str, key: str, value: Any, ok: Callable[[Any], bool], wha
         raise _fail(model, f"options.{key} = {value!r} must be {what}")
 
 
+def _is_bool(v: Any) -> bool:
+    return isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_widths(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in v)
+
+
+def _is_odd_size(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1 and v % 2 == 1
+
+
 def parse_options(model: str, options: Mapping[str, Any]) -> BinaryOptions:
     """Validate ``model.options``; every mistake is one :class:`ConfigError` line listing the options."""
     unknown = sorted(set(options) - set(ALLOWED[model]))
     if unknown:
         raise _fail(model, f"unknown option(s) {', '.join(unknown)}")
     opts = dict(options)
-    is_bool = lambda v: isinstance(v, bool)  # noqa: E731
     for key in ("binary_weights", "binary_activations", "fp_ends"):
         if key in opts:
-            _check_type(model, key, opts[key], is_bool, "true or false")
+            _check_type(model, key, opts[key], _is_bool, "true or false")
     for key in ("ste", "weight_ste"):
         if key in opts and isinstance(opts[key], str):
             opts[key] = opts[key].removeprefix("ste:")  # the grad_estimator provider's name works too
@@ -107,8 +122,7 @@ def parse_options(model: str, options: Mapping[str, Any]) -> BinaryOptions:
         _check_type(model, "ste_params", opts["ste_params"], lambda v: isinstance(v, Mapping), "a table")
         opts["ste_params"] = dict(opts["ste_params"])
         for name, value in opts["ste_params"].items():
-            number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            _check_type(model, f"ste_params.{name}", value, lambda _v, ok=number: ok, "a number")
+            _check_type(model, f"ste_params.{name}", value, _is_number, "a number")
     scale = opts.get("weight_scale", "layer")
     scale = SCALE_ALIASES.get(scale, scale) if isinstance(scale, str) else scale
     _check_type(model, "weight_scale", scale, lambda v: v in WEIGHT_SCALES, f"one of {', '.join(WEIGHT_SCALES)}")
@@ -116,12 +130,10 @@ def parse_options(model: str, options: Mapping[str, Any]) -> BinaryOptions:
     if "norm" in opts:
         _check_type(model, "norm", opts["norm"], lambda v: v in NORMS, f"one of {', '.join(NORMS)}")
     if "channels" in opts:
-        good = lambda v: isinstance(v, list) and v and all(isinstance(c, int) and c >= 1 for c in v)  # noqa: E731
-        _check_type(model, "channels", opts["channels"], good, "a non-empty list of positive integers")
+        _check_type(model, "channels", opts["channels"], _is_widths, "a non-empty list of positive integers")
         opts["channels"] = tuple(opts["channels"])
     if "kernel" in opts:
-        good = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1 and v % 2 == 1  # noqa: E731
-        _check_type(model, "kernel", opts["kernel"], good, "an odd positive integer")
+        _check_type(model, "kernel", opts["kernel"], _is_odd_size, "an odd positive integer")
     parsed = BinaryOptions(**opts)
     try:  # STE parameters are checked by building the estimator once
         parsed.estimator()
