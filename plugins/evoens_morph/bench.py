@@ -29,7 +29,7 @@ DEEPEN_POINT = {"mlp": "3", "cnn": "6", "resnet": "4", "concat": "6"}
 COLUMNS = [
     "part", "arch", "transform", "site", "max_abs_diff_eval", "max_abs_diff_train", "exact_modes",
     "params_before", "params_after", "flops_before", "flops_after",
-    "acc_at_mid", "acc_after_transform", "final_test_acc", "steps", "wall_ratio",
+    "acc_at_mid", "acc_after_transform", "final_test_acc", "steps", "wall_ratio", "acc_equal_flops", "flop_steps",
 ]  # fmt: skip
 
 
@@ -91,7 +91,9 @@ def _curve_rows(curves: list[Curve]) -> list[dict[str, Any]]:
                 "part": "b", "arch": "mnist-cnn", "transform": c.name,
                 "max_abs_diff_eval": e.get("max_abs_diff_eval"), "max_abs_diff_train": e.get("max_abs_diff_train"),
                 "acc_at_mid": e.get("acc_at_mid"), "acc_after_transform": e.get("acc_after_transform"),
-                "final_test_acc": e["final_test_acc"], "steps": c.points[-1][1], "wall_ratio": e["wall"] / ref,
+                "final_test_acc": e["final_test_acc"], "steps": e.get("steps", c.points[-1][1]),
+                "wall_ratio": e["wall"] / ref, "acc_equal_flops": e.get("acc_equal_flops"),
+                "flop_steps": e.get("flop_steps"),
             }
         )  # fmt: skip
     return rows
@@ -192,7 +194,10 @@ def notes(rows: list[dict[str, Any]], curves: list[Curve], sizes: TrainSizes, qu
         " (or Net2Net identity conv+BN+ReLU) after each conv stage; optimizer state carried over (lr kept,"
         " except the 'lr/5' run). 'from scratch' = the grown architecture re-initialised, trained for the same"
         " training time as the R2R run. Training time = CPU time of the single training thread (time.thread_time;"
-        " wall time on this shared 2-core machine mostly measures the other jobs), evaluation excluded; compare"
+        " wall time on this shared 2-core machine mostly measures the other jobs; thread time still varies with"
+        " the load, 1084-1602 scratch steps in the same budget across three runs), evaluation excluded; so the"
+        " scratch run is also read at equal training FLOPs (acc_equal_flops, flop_steps: fwd+bwd FLOPs taken"
+        " proportional to forward FLOPs); compare"
         " times only as ratios (wall_ratio = training time / that of the r2r_widen run). One seed: with 5000 test"
         " images one accuracy has a binomial s.e. of ~0.25 points, so gaps under ~0.5 points are ties.",
     ]
@@ -208,10 +213,12 @@ def notes(rows: list[dict[str, Any]], curves: list[Curve], sizes: TrainSizes, qu
     for grown, scratch in (("r2r_widen", "wide from scratch"), ("r2r_deepen", "deep from scratch")):
         if grown in by and scratch in by:
             gap = 100 * (by[grown]["final_test_acc"] - by[scratch]["final_test_acc"])
+            gap_f = 100 * (by[grown]["final_test_acc"] - by[scratch]["acc_equal_flops"])
             lines.append(
-                f"  - measured: {grown} - {scratch} = {gap:+.2f} points at equal training time; the scratch run"
+                f"  - measured: {grown} - {scratch} = {gap:+.2f} points at equal training time (the scratch run"
                 f" fits {by[scratch]['steps']} steps of the big net in the time the grown run took for"
-                f" {sizes.steps // 2} small + {sizes.steps - sizes.steps // 2} big steps"
+                f" {sizes.steps // 2} small + {sizes.steps - sizes.steps // 2} big steps), {gap_f:+.2f} points at"
+                f" equal training FLOPs ({by[scratch]['flop_steps']} big steps, deterministic)"
             )
     lines += [
         "- Reference (CIFAR-10, R2R paper Table 2, for context only): from scratch 69.9%, R2WiderR 69.9,"

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from evoens_morph.families import cnn
+from evoens_morph.flops import count_flops
 from evoens_morph.mutations import OPERATORS, MorphOptions
 from evoens_morph.optim import carry_over_from_reports
 from evoens_morph.sites import deepen_points, widen_sites
@@ -158,8 +159,9 @@ def grown_run(trainer: Trainer, name: str, grow: Grow | None) -> tuple[Curve, nn
     return curve, model
 
 
-def scratch_run(trainer: Trainer, name: str, template: nn.Module, wall: float) -> Curve:
-    """``template``'s architecture, freshly initialised, trained for ``wall`` seconds."""
+def scratch_run(trainer: Trainer, name: str, template: nn.Module, wall: float, flop_steps: int) -> Curve:
+    """``template``'s architecture, freshly initialised, trained for ``wall`` seconds and at least
+    ``flop_steps`` steps (the grown run's training FLOPs); accuracy is read at both budgets."""
     torch.manual_seed(1)
     model = copy.deepcopy(template)
     for m in model.modules():
@@ -170,8 +172,25 @@ def scratch_run(trainer: Trainer, name: str, template: nn.Module, wall: float) -
     curve = Curve(name, [(0.0, 0, trainer.accuracy(model))], {})
     step, clock = trainer.run(model, opt, curve, steps=None, wall=wall, gen=gen)
     curve.points.append((clock, step, trainer.accuracy(model)))
-    curve.extra.update(final_test_acc=final_accuracy(curve), wall=clock, steps=step)
+    time_steps = step
+    if step < flop_steps:
+        step, clock = trainer.run(model, opt, curve, steps=flop_steps - step, wall=None, start_step=step,
+                                  start_wall=clock, gen=gen)  # fmt: skip
+    at_time = Curve(name, [p for p in curve.points if p[1] <= time_steps], {})
+    at_flops = Curve(name, [p for p in curve.points if p[1] <= flop_steps], {})
+    curve.extra.update(
+        final_test_acc=final_accuracy(at_time), wall=wall, steps=time_steps,
+        acc_equal_flops=final_accuracy(at_flops), flop_steps=flop_steps,
+    )  # fmt: skip
+    curve.points = at_time.points  # the plot compares at equal training time
     return curve
+
+
+def equal_flop_steps(sizes: TrainSizes, small: nn.Module, big: nn.Module) -> int:
+    """Steps of ``big`` costing the FLOPs of steps/2 of ``small`` plus steps/2 of ``big``."""
+    f_small, f_big = count_flops(small, (1, 28, 28)), count_flops(big, (1, 28, 28))
+    half = sizes.steps // 2
+    return round((half * f_small + (sizes.steps - half) * f_big) / f_big)
 
 
 def training_curves(data: Any, sizes: TrainSizes, device: torch.device) -> list[Curve]:
@@ -185,11 +204,15 @@ def training_curves(data: Any, sizes: TrainSizes, device: torch.device) -> list[
         curves.append(curve)
     curve, _ = grown_run(trainer, "r2r_widen lr/5", widen_all("r2r_widen", "divide"))
     curves.append(curve)
-    curves.append(scratch_run(trainer, "wide from scratch", wide["r2r_widen"], curves[1].extra["wall"]))
+    small = _small(sizes, device)
+    big = wide["r2r_widen"]
+    flops = equal_flop_steps(sizes, small, big)
+    curves.append(scratch_run(trainer, "wide from scratch", big, curves[1].extra["wall"], flops))
     deep = {}
     for op in ("r2r_deepen", "net2net_deepen"):
         curve, deep[op] = grown_run(trainer, op, deepen_all(op))
         curves.append(curve)
     r2r_deep = next(c for c in curves if c.name == "r2r_deepen")
-    curves.append(scratch_run(trainer, "deep from scratch", deep["r2r_deepen"], r2r_deep.extra["wall"]))
+    flops = equal_flop_steps(sizes, small, deep["r2r_deepen"])
+    curves.append(scratch_run(trainer, "deep from scratch", deep["r2r_deepen"], r2r_deep.extra["wall"], flops))
     return curves
