@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from evoens_binary.estimators import GradEstimator
+from evoens_binary.estimators import GradEstimator, resolve_config
 from evoens_binary.objective import Objective, iter_chunks
 
 
@@ -74,7 +74,7 @@ class CdgGradient(GradEstimator):
     name = "cdg"
 
     def __init__(self, config: CdgConfig | None = None, **kw: Any) -> None:
-        self.config = config or CdgConfig(**kw)
+        self.config = resolve_config(config, CdgConfig, self.name, kw)
 
     def flat_gradient(self, objective: Objective) -> Tensor:
         return cdg(objective, self.config)

@@ -21,8 +21,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +31,21 @@ from evoens_binary.objective import LossFn, Objective, as_objective, mse_loss
 from evoens_binary.ops import STE, ste
 
 Grads = dict[str, Tensor]
+C = TypeVar("C")
+
+
+def resolve_config(config: C | None, cls: type[C], name: str, kw: Mapping[str, Any], **defaults: Any) -> C:
+    """``config`` as given, else ``cls(**defaults, **kw)``; an unknown keyword is one ValueError naming the
+    known ones (a registry ``create(kind, name, **kw)`` passes user keywords straight through)."""
+    if config is not None:
+        if kw:
+            raise ValueError(f"estimator '{name}': pass a config or keywords, not both (got keywords {sorted(kw)})")
+        return config
+    known = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    unknown = sorted(set(kw) - set(known))
+    if unknown:
+        raise ValueError(f"estimator '{name}' has no option(s) {unknown}; its options are {known}")
+    return cls(**{**defaults, **kw})
 
 
 class GradEstimator(ABC):
@@ -83,10 +98,14 @@ class SteConfig:
 class SteGradient(GradEstimator):
     """Autograd with every binarizing module's backward replaced by the chosen surrogate derivative.
 
-    On a function objective (no binarizing modules) this is exact autograd."""
+    On a function objective (no binarizing modules) this is exact autograd. Keywords other than
+    ``ste``/``params`` are the STE's own parameters: ``SteGradient(ste="steep", k=3)``."""
 
     def __init__(self, config: SteConfig | None = None, **kw: Any) -> None:
-        self.config = config or SteConfig(**kw)
+        own = {k: kw.pop(k) for k in ("ste", "params") if k in kw}
+        if kw:  # e.g. k=3 for steep, beta=2 for swishsign; ste() rejects what the STE does not take
+            own["params"] = {**own.get("params", {}), **kw}
+        self.config = resolve_config(config, SteConfig, "ste", own)
         self.ste = ste(self.config.ste, **self.config.params)
         self.name = f"ste:{self.ste.name}"
 

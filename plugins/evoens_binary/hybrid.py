@@ -25,15 +25,26 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
-from evoens_binary.estimators import GradEstimator, SteGradient, autograd_gradient
+from evoens_binary.estimators import GradEstimator, SteGradient, autograd_gradient, resolve_config
 from evoens_binary.nes import NesConfig, Noise, chunk_weights, directions, nes
 from evoens_binary.objective import Objective
 from evoens_binary.ops import ste
+
+C = TypeVar("C")
+
+
+def _config(config: C | None, cls: type[C], name: str, kw: dict[str, Any]) -> C:
+    """``config``, or ``cls(**kw)`` where NES fields among ``kw`` (popsize, sigma, ...) build its ``nes``
+    config (default popsize 500): ``GuidedNesGradient(popsize=200, alpha=0.3)``."""
+    if config is None and "nes" not in kw:
+        nes_kw = {k: kw.pop(k) for k in list(kw) if k in NesConfig.__dataclass_fields__}
+        kw["nes"] = resolve_config(None, NesConfig, name, nes_kw, popsize=500)
+    return resolve_config(config, cls, name, kw)
 
 
 @dataclass(frozen=True)
@@ -84,12 +95,9 @@ class GuidedNesGradient(GradEstimator):
     name = "nes-guided"
 
     def __init__(self, config: GuidedConfig | None = None, **kw: Any) -> None:
-        if config is None and "nes" not in kw:
-            nes_kw = {k: kw.pop(k) for k in list(kw) if k in NesConfig.__dataclass_fields__}
-            kw["nes"] = NesConfig(**{"popsize": 500, **nes_kw})
         if "guides" in kw and isinstance(kw["guides"], (list, str)):
             kw["guides"] = (kw["guides"],) if isinstance(kw["guides"], str) else tuple(kw["guides"])
-        self.config = config or GuidedConfig(**kw)
+        self.config = _config(config, GuidedConfig, self.name, kw)
 
     def flat_gradient(self, objective: Objective) -> Tensor:
         basis = guide_basis(objective, self.config.guides)
@@ -133,10 +141,7 @@ class ControlVariateNes(GradEstimator):
     name = "nes-cv"
 
     def __init__(self, config: ControlVariateConfig | None = None, **kw: Any) -> None:
-        if config is None and "nes" not in kw:
-            nes_kw = {k: kw.pop(k) for k in list(kw) if k in NesConfig.__dataclass_fields__}
-            kw["nes"] = NesConfig(**{"popsize": 500, **nes_kw})
-        self.config = config or ControlVariateConfig(**kw)
+        self.config = _config(config, ControlVariateConfig, self.name, kw)
 
     def flat_gradient(self, objective: Objective) -> Tensor:
         return nes_control_variate(objective, self.config)
@@ -157,6 +162,10 @@ class HandoverConfig:
     def __post_init__(self) -> None:
         if self.patience < 1:
             raise ValueError(f"ste-nes patience must be >= 1, got {self.patience}")
+        if not 0.0 <= self.alpha <= 1.0:  # the guided covariance needs sqrt(alpha) and sqrt(1 - alpha)
+            raise ValueError(f"ste-nes alpha must be in [0, 1], got {self.alpha}")
+        if self.rel_tol < 0:
+            raise ValueError(f"ste-nes rel_tol must be >= 0, got {self.rel_tol}")
         ste(self.ste)
 
 
@@ -166,10 +175,7 @@ class SteThenNes(GradEstimator):
     name = "ste-nes"
 
     def __init__(self, config: HandoverConfig | None = None, **kw: Any) -> None:
-        if config is None and "nes" not in kw:
-            nes_kw = {k: kw.pop(k) for k in list(kw) if k in NesConfig.__dataclass_fields__}
-            kw["nes"] = NesConfig(**{"popsize": 500, **nes_kw})
-        self.config = config or HandoverConfig(**kw)
+        self.config = _config(config, HandoverConfig, self.name, kw)
         self._ste = SteGradient(ste=self.config.ste)
         self.reset()
 

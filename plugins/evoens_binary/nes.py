@@ -30,7 +30,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from evoens_binary.estimators import GradEstimator
+from evoens_binary.estimators import GradEstimator, resolve_config
 from evoens_binary.objective import Objective, iter_chunks
 
 Shaping = Literal["none", "centered", "nes"]
@@ -190,7 +190,7 @@ class NesGradient(GradEstimator):
     name = "nes"
 
     def __init__(self, config: NesConfig | None = None, **kw: Any) -> None:
-        self.config = config or NesConfig(**kw)
+        self.config = resolve_config(config, NesConfig, self.name, kw)
 
     def flat_gradient(self, objective: Objective) -> Tensor:
         return nes(objective, self.config)

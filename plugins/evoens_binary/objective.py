@@ -33,11 +33,22 @@ LossFn = Callable[[Tensor, Tensor], Tensor]  # (P, B, ...) predictions, (B, ...)
 
 def mse_loss(pred: Tensor, target: Tensor) -> Tensor:
     """Mean squared error per member: ``(P, B, ...)`` vs ``(B, ...)`` -> ``(P,)``."""
+    if pred.shape[1:] != target.shape:
+        # (P, B, 1) - (B,) would broadcast to (P, B, B) and give a wrong loss without any error
+        raise ValueError(
+            f"mse_loss: targets of shape {tuple(target.shape)} do not match predictions of shape "
+            f"{tuple(pred.shape[1:])} per member; reshape the targets to the model's output shape"
+        )
     return (pred - target).pow(2).flatten(1).mean(1)  # (P,)
 
 
 def cross_entropy_loss(pred: Tensor, target: Tensor) -> Tensor:
     """Mean cross-entropy per member: logits ``(P, B, C)``, labels ``(B,)`` -> ``(P,)``."""
+    if pred.dim() != 3 or target.shape != pred.shape[1:2]:
+        raise ValueError(
+            f"cross_entropy_loss: needs logits (P, B, C) and integer labels (B,), got {tuple(pred.shape)} "
+            f"and {tuple(target.shape)}"
+        )
     logp = pred.log_softmax(-1)  # (P, B, C)
     return -logp.gather(-1, target.expand(pred.shape[0], -1).unsqueeze(-1)).squeeze(-1).mean(1)  # (P,)
 
@@ -112,11 +123,15 @@ class ModelObjective(Objective):
         strategy: str = "auto",
         chunk: int = 1024,
     ) -> None:
-        full = {n: p.detach() for n, p in model.named_parameters()}
-        chosen = dict(full) if params is None else {n: t.detach() for n, t in params.items()}
+        # Snapshots, not views: the point stays fixed if the model is updated in place afterwards
+        # (``loss`` reads ``full``, ``losses`` reads ``_base``; both must describe the same point).
+        full = {n: p.detach().clone() for n, p in model.named_parameters()}
+        chosen = dict(full) if params is None else {n: t.detach().clone() for n, t in params.items()}
         unknown = sorted(set(chosen) - set(full))
         if unknown:
             raise ValueError(f"parameters {unknown} are not in the model; it has {sorted(full)}")
+        if not chosen:
+            raise ValueError("params is empty: pass the parameters to differentiate, or None for all of them")
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {chunk}")
         self.model, self.loss_fn, self.strategy, self.chunk = model, loss_fn, strategy, chunk

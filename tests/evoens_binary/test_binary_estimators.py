@@ -21,8 +21,8 @@ from evoens_binary.hybrid import (
 )
 from evoens_binary.layers import BinaryLinear, sign_mlp
 from evoens_binary.nes import NesConfig, NesGradient, nes, nes_loop, nes_nested
-from evoens_binary.objective import FunctionObjective, ModelObjective, cross_entropy_loss
-from evoens_binary.ops import STES
+from evoens_binary.objective import FunctionObjective, ModelObjective, cross_entropy_loss, mse_loss
+from evoens_binary.ops import STES, ste
 from torch import nn
 
 from evoens.testing import make_plugin_manager
@@ -223,3 +223,47 @@ def test_control_variate_nes_is_exact_with_an_exact_guide_and_unbiased_otherwise
     assert _cos(mean_cv, target) > 0.97 and _cos(mean_cv, target) > _cos(one_plain, target)
     with pytest.raises(ValueError, match="antithetic"):
         ControlVariateConfig(nes=NesConfig(popsize=10, antithetic=False))
+
+
+def test_losses_refuse_targets_that_would_broadcast() -> None:
+    # (P, B, 1) predictions minus (B,) targets would silently broadcast to (P, B, B)
+    pred = torch.zeros(2, 5, 1)
+    with pytest.raises(ValueError, match=r"targets of shape \(5,\) do not match .*\(5, 1\)"):
+        mse_loss(pred, torch.zeros(5))
+    assert mse_loss(pred, torch.ones(5, 1)).tolist() == [1.0, 1.0]
+    with pytest.raises(ValueError, match="integer labels"):
+        cross_entropy_loss(torch.zeros(2, 5, 3), torch.zeros(5, 1, dtype=torch.long))
+    model = sign_mlp([3, 3, 1])
+    with pytest.raises(ValueError, match="reshape the targets"):
+        SteGradient().estimate(model, batch=(torch.randn(8, 3), torch.randn(8)))
+
+
+def test_model_objective_fixes_the_point_even_if_the_model_moves() -> None:
+    # loss() (autograd, loops) and losses() (batched) must see the same weights for unselected tensors
+    torch.manual_seed(0)
+    model = sign_mlp([3, 3, 1])
+    x = torch.randn(16, 3)
+    obj = ModelObjective(model, (x, torch.randn(16, 1)), params={"2.weight": model[2].weight}, strategy="bmm")
+    before = float(obj.loss(obj.x0))
+    with torch.no_grad():
+        model[0].weight.add_(1.0)  # e.g. an optimiser step after the objective was built
+    assert float(obj.loss(obj.x0)) == pytest.approx(before)
+    assert float(obj.losses(obj.x0[None])[0]) == pytest.approx(before, rel=1e-5)
+    with pytest.raises(ValueError, match="params is empty"):
+        ModelObjective(model, (x, torch.randn(16, 1)), params={})
+
+
+def test_estimator_keywords_are_checked_and_ste_parameters_pass_through() -> None:
+    assert SteGradient(ste="steep", k=3).ste == ste("steep", k=3)
+    assert REGISTRY.create("grad_estimator", "ste:swishsign", beta=2.0).ste.params == {"beta": 2.0}
+    with pytest.raises(ValueError, match="does not take parameters"):
+        SteGradient(ste="clipped", k=3)
+    for name, bad in [("nes", {"popsiz": 10}), ("cdg", {"epsilon": 0.1}), ("nes-guided", {"alpah": 0.5}),
+                      ("nes-cv", {"guide": "clipped"}), ("ste-nes", {"patients": 3})]:  # fmt: skip
+        with pytest.raises(ValueError, match=f"estimator '{name}' has no option.*its options are"):
+            REGISTRY.create("grad_estimator", name, **bad)
+    assert GuidedNesGradient(popsize=40, alpha=0.3).config.nes.popsize == 40
+    with pytest.raises(ValueError, match="not both"):
+        NesGradient(NesConfig(), popsize=10)
+    with pytest.raises(ValueError, match="alpha must be in"):
+        HandoverConfig(alpha=1.5)
