@@ -24,7 +24,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from evoens_binary.ops import STE, Convention, ste
+from evoens_binary.ops import CONVENTIONS, STE, Convention, ste
 
 WeightScale = Literal["none", "layer", "channel"]
 WEIGHT_SCALES: tuple[str, ...] = ("none", "layer", "channel")
@@ -54,8 +54,10 @@ class BinaryActivation(nn.Module):
         self, estimator: STE | str = "clipped", convention: Convention = "sign", bits: int = 1, **ste_params: float
     ) -> None:
         super().__init__()
-        if convention not in ("sign", "step", "kbit"):
-            raise ValueError(f"unknown convention '{convention}'; use sign, step or kbit")
+        if convention not in CONVENTIONS:
+            raise ValueError(f"unknown convention '{convention}'; use one of {', '.join(CONVENTIONS)}")
+        if convention == "kbit" and (int(bits) != bits or bits < 1):  # else it would fail at the first forward
+            raise ValueError(f"kbit activation needs an integer bits >= 1, got bits={bits}")
         self.ste = ste(estimator, **ste_params)
         self.convention: Convention = convention
         self.bits = int(bits)
@@ -184,4 +186,3 @@ def sign_mlp(sizes: Sequence[int], estimator: STE | str = "clipped", *, bias: bo
 def binary_modules(model: nn.Module) -> list[nn.Module]:
     """The binarizing modules of ``model`` (activations and binary layers), in order."""
     return [m for m in model.modules() if isinstance(m, (BinaryActivation, _BinaryMixin))]
-

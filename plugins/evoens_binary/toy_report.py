@@ -120,8 +120,13 @@ def explanations(rows: Rows) -> list[str]:
         f"d={d} {name} {by[(d, name)]['best_dec']:.3f} at lr {by[(d, name)]['best_lr']:g} vs cdg "
         f"{by[(d, 'cdg')]['best_dec']:.3f} at {by[(d, 'cdg')]['best_lr']:g}"
         for d in sorted({r["dim"] for r in rows})
-        for name in [max((r["estimator"] for r in rows if r["dim"] == d and r["estimator"][4:].isdigit()),
-                         key=lambda n: int(n[4:]), default="")]  # fmt: skip
+        for name in [
+            max(
+                (r["estimator"] for r in rows if r["dim"] == d and r["estimator"][4:].isdigit()),
+                key=lambda n: int(n[4:]),
+                default="",
+            )
+        ]  # fmt: skip
         if name and (d, "cdg") in by
     )
     return [

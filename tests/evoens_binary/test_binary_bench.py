@@ -46,8 +46,8 @@ def test_numbers_have_the_expected_properties(result: BenchResult) -> None:
         if r["estimator"].startswith("ste:"):
             # linear output layer: a proper STE's last-layer gradient is exact, as CDG is there
             assert r["cos_W3"] == pytest.approx(1.0, abs=1e-4), r
-        assert -1.0 - 1e-9 <= min(r["cos_W1"], r["cos_W2"], r["cos_W3"]) <= max(r["cos_W1"], r["cos_W3"]) <= 1 + 1e-9
-    # every estimator decreases the loss at its best lr (mean over points, in-sample)
+        assert all(-1.0 - 1e-9 <= r[f"cos_W{k}"] <= 1.0 + 1e-9 for k in (1, 2, 3)), r
+    # CDG and the clipped STE decrease the loss at their best lr (mean over points, in-sample)
     assert all(r["best_dec"] > 0 for r in est if r["estimator"] in ("cdg", "ste:clipped"))
     assert {r["dim"]: r["loss0"] for r in est if r["estimator"] == "cdg"}.keys() == {2, 3}
     text = "\n".join(result.notes)

@@ -115,3 +115,10 @@ def test_elementwise_binary_activation_runs_in_the_batched_strategies(strategy: 
     ref.pow(2).sum().backward()
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(flat.grad, ref_flat.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_kbit_activation_checks_bits_when_built() -> None:
+    with pytest.raises(ValueError, match="integer bits >= 1, got bits=0"):
+        BinaryActivation(convention="kbit", bits=0)
+    act = BinaryActivation(convention="kbit", bits=2)
+    assert act(torch.tensor([0.0, 0.4, 1.2])).tolist() == pytest.approx([0.0, 1 / 3, 1.0])
