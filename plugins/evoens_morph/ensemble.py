@@ -42,13 +42,20 @@ class HierarchicalEnsemble(nn.Module):
         if not members:
             raise ValueError("HierarchicalEnsemble: needs at least one member")
         self.members = tuple(members)
+        self.num_classes = num_classes
         self.head = nn.Sequential(
             nn.Linear(len(members) * num_classes, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)
         )
 
     def features(self, x: Tensor) -> Tensor:
         """Frozen members' eval-mode logits on ``x`` as ``(B, K*C)`` (no gradient to the members)."""
-        return stack_features(species_logits(self.members, x))
+        logits = species_logits(self.members, x)  # (K, B, C)
+        if logits.shape[-1] != self.num_classes:
+            raise ValueError(
+                f"HierarchicalEnsemble: the members output {logits.shape[-1]} classes but the head was built for "
+                f"num_classes={self.num_classes}; pass num_classes={logits.shape[-1]}"
+            )
+        return stack_features(logits)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))  # (B, C)

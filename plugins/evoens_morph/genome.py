@@ -178,7 +178,7 @@ class GenomeNet(nn.Module):
         super().__init__()
         if not genome or any(not g.block_ids for g in genome):
             raise ValueError("GenomeNet: a genome needs at least one layer and every layer at least one block")
-        self.genome = genome
+        self.genome: Genome | None = genome  # None once a copy-mutation grew it outside the bank (ne_ops)
         if bank.input_shape is not None:
             self.input_shape = bank.input_shape  # for probe batches and FLOP counts
         self.layers = nn.ModuleList(

@@ -110,10 +110,18 @@ class Individual:
 
 
 def make_individual(
-    bank: FilterBank, genome: Genome, lr: float, weight_decay: float, uid: int, parent: int | None = None
+    bank: FilterBank,
+    genome: Genome,
+    lr: float,
+    weight_decay: float,
+    uid: int,
+    parent: int | None = None,
+    *,
+    amsgrad: bool = True,
 ) -> Individual:
+    """The network of ``genome`` with a fresh Adam of its own (AMSGrad, as the original's ``ne.py``)."""
     model = GenomeNet(bank, genome)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, amsgrad=amsgrad)
     return Individual(genome, model, opt, lr, weight_decay, uid, parent)
 
 
@@ -121,7 +129,9 @@ Batches = Callable[[], tuple[Tensor, Tensor]]
 
 
 def train_step(ind: Individual, x: Tensor, y: Tensor) -> Tensor:
-    """One train-mode cross-entropy step of ``ind`` with its own optimiser; returns the (detached) loss."""
+    """One train-mode cross-entropy step of ``ind`` with its own optimiser; returns the (detached) loss.
+
+    (The original used ``BCEWithLogitsLoss`` on one-hot labels; softmax cross-entropy here.)"""
     ind.model.train()
     loss = F.cross_entropy(ind.model(x), y)
     ind.optimizer.zero_grad()
@@ -154,10 +164,16 @@ class NEConfig:
     eval_batch: int = 1000
     strategy: str = "vmap"
     seed: int = 0
+    amsgrad: bool = True  # every model's Adam, as in the original (report App. C)
 
     def __post_init__(self) -> None:
         if not 1 <= self.select_k <= self.population:
             raise ValueError(f"NEConfig: need 1 <= select_k ({self.select_k}) <= population ({self.population})")
+        for name in ("batch_size", "eval_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"NEConfig: {name}={getattr(self, name)} must be >= 1")
+        if not self.lr > 0 or self.weight_decay < 0:
+            raise ValueError(f"NEConfig: need lr > 0 and weight_decay >= 0, got lr={self.lr}, wd={self.weight_decay}")
         for name in ("initial_steps", "steps_per_iteration", "iterations"):
             if getattr(self, name) < 0:
                 raise ValueError(f"NEConfig: {name}={getattr(self, name)} must be >= 0")
@@ -168,7 +184,7 @@ class NEResult:
     selected: list[Individual]  # the final selection, in selection order (best first)
     base: nn.Module  # a frozen copy of the base network right after its N_i steps
     bank: FilterBank
-    history: list[dict[str, float]]  # per iteration: best / mean validation accuracy, population, wall time
+    history: list[dict[str, float]]  # per iteration: index, population, best parent's val accuracy, wall time
     steps: int  # optimiser steps in total (N_i + iterations * N_j)
 
 
@@ -184,7 +200,9 @@ def _batches(x: Tensor, y: Tensor, size: int, generator: torch.Generator) -> Bat
     return draw
 
 
-def _select(pop: list[Individual], select: Select, k: int, val: tuple[Tensor, Tensor], cfg: NEConfig) -> list:
+def _select(
+    pop: list[Individual], select: Select, k: int, val: tuple[Tensor, Tensor], cfg: NEConfig
+) -> list[Individual]:
     correct = correctness([p.model for p in pop], *val, batch_size=cfg.eval_batch, strategy=cfg.strategy)  # (M, N)
     for ind, row in zip(pop, correct.mean(1).tolist()):
         ind.val_accuracy = row
@@ -201,7 +219,7 @@ def train_base(train: tuple[Tensor, Tensor], config: NEConfig | None = None) -> 
         bank, in_channels=x.shape[1], image_size=x.shape[-1], widths=cfg.widths,
         num_classes=int(y.max()) + 1, generator=gen,
     )  # fmt: skip
-    base = make_individual(bank, genome, cfg.lr, cfg.weight_decay, uid=0)
+    base = make_individual(bank, genome, cfg.lr, cfg.weight_decay, uid=0, amsgrad=cfg.amsgrad)
     joint_train([base], cfg.initial_steps, _batches(x, y, cfg.batch_size, gen), gen)
     return bank, base
 
@@ -234,7 +252,7 @@ def neuroevolve(
             child_genome = mutate(bank, parent.genome, gen, cfg.mutation)
             child_params = num_params(GenomeNet(bank, child_genome))
             lr, wd = inherited_hparams(parent.lr, parent.weight_decay, num_params(parent.model), child_params)
-            pop.append(make_individual(bank, child_genome, lr, wd, next_uid, parent.uid))
+            pop.append(make_individual(bank, child_genome, lr, wd, next_uid, parent.uid, amsgrad=cfg.amsgrad))
             next_uid += 1
         joint_train(pop, cfg.steps_per_iteration, batches, gen)
         bank.prune([p.genome for p in pop])

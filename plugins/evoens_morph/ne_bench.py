@@ -204,10 +204,11 @@ def _notes(sz: Sizes, rows: list[dict[str, Any]], results: dict[str, NEResult]) 
     )  # percentage points
     se = 100 * (equal * (1 - equal) / sz.n_test) ** 0.5  # binomial standard error of one accuracy, points
     steps = cfg.initial_steps + cfg.iterations * cfg.steps_per_iteration
+    adam = "Adam (AMSGrad)" if cfg.amsgrad else "Adam"
     return [
         "## NE (block-level R2R neuroevolution with weight sharing)",
         f"Run: MNIST 2x2-average-pooled to 14x14, base = residual layers widths {cfg.widths} (one 3x3 R2R block "
-        f"each) + 2x2 max-pools + Linear-64-ReLU-Linear; Adam lr {cfg.lr}, wd {cfg.weight_decay}, batch "
+        f"each) + 2x2 max-pools + Linear-64-ReLU-Linear; {adam} lr {cfg.lr}, wd {cfg.weight_decay}, batch "
         f"{cfg.batch_size}; N_i={cfg.initial_steps}, N_j={cfg.steps_per_iteration}, K={cfg.select_k}, "
         f"M={cfg.population}, {cfg.iterations} iterations ({steps} optimiser steps in all, each on one model); "
         f"p(deepen)=0.5, kernels {{1: .3, 3: .35, 5: .35}}; selection on {sz.n_val} validation images, test "

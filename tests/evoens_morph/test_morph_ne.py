@@ -78,14 +78,15 @@ def test_every_mutation_preserves_the_function_in_eval_and_train_mode(share: boo
 
 
 def test_zero_block_is_zero_in_both_modes_and_learns_after_one_step() -> None:
-    block = R2RBlock(3, 6, 5, 3, generator=torch.Generator().manual_seed(0))
-    x = torch.randn(4, 3, 7, 7) * 3 + 1
+    g = torch.Generator().manual_seed(0)
+    block = R2RBlock(3, 6, 5, 3, generator=g)
+    x = torch.randn(4, 3, 7, 7, generator=g) * 3 + 1
     for mode in (False, True, False):  # eval, train (updates running stats identically per half), eval
         block.train(mode)
         assert float(block(x).detach().abs().max()) <= TOL
     opt = torch.optim.SGD(block.parameters(), lr=0.1)
     block.train()
-    (block(x) * torch.randn(4, 5, 7, 7)).sum().backward()
+    (block(x) * torch.randn(4, 5, 7, 7, generator=g)).sum().backward()
     opt.step()
     assert float(block(x).detach().abs().max()) > 1e-3  # the halves untie: the block is trainable, not dead
 
@@ -243,6 +244,8 @@ def test_hierarchical_ensemble_concatenates_logits_along_the_class_dim() -> None
     assert torch.equal(stack_features(logits), torch.cat([logits[0], logits[1]], dim=1))
     assert torch.allclose(mean_probability(logits), (logits[0].softmax(-1) + logits[1].softmax(-1)) / 2)
     assert {id(p) for p in ens.parameters()} == {id(p) for p in ens.head.parameters()}
+    with pytest.raises(ValueError, match="output 10 classes.*pass num_classes=10"):
+        HierarchicalEnsemble(members, num_classes=4).features(x)
 
 
 def test_training_the_head_leaves_the_members_unchanged() -> None:
@@ -282,8 +285,13 @@ def test_ne_driver_lr_rule_sizes_and_reproducibility(share: bool) -> None:
     assert [r.genome for r in result.selected] == [r.genome for r in again.selected]
     assert [r.val_accuracy for r in result.selected] == [r.val_accuracy for r in again.selected]
     assert [h["population"] for h in result.history] == [4, 4]
+    base_params = num_params(result.base)
     for ind in result.selected:
         assert ind.optimizer.param_groups[0]["lr"] == pytest.approx(ind.lr)
+        assert ind.optimizer.param_groups[0]["amsgrad"]  # Adam(amsgrad=True) per model, as the original
+        # App. C's rule compounds down a lineage: lr * |theta| is the base's lr * |theta_base| for every model
+        assert ind.lr * num_params(ind.model) == pytest.approx(cfg.lr * base_params)
+        assert ind.weight_decay * num_params(ind.model) == pytest.approx(cfg.weight_decay * base_params)
         assert ind.lr <= cfg.lr  # children only grow: the factor |parent|/|child| is < 1
         if ind.parent is None:
             assert ind.lr == cfg.lr
@@ -303,6 +311,10 @@ def test_config_errors_are_one_line_value_errors() -> None:
         R2RBlock(2, 4, 2, 4)
     with pytest.raises(ValueError, match="even hidden"):
         R2RBlock(2, 3, 2, 3)
+    with pytest.raises(ValueError, match="batch_size=0"):
+        NEConfig(batch_size=0)
+    with pytest.raises(ValueError, match="lr > 0"):
+        NEConfig(lr=0.0)
 
 
 def test_each_species_is_one_batched_population_forward(monkeypatch: pytest.MonkeyPatch) -> None:
