@@ -64,5 +64,7 @@ def loss_decrease(
 
 def best_lr(lrs: Sequence[float], decrease: Tensor) -> tuple[float, float]:
     """The lr with the largest (mean) decrease and that decrease, from a ``(L,)`` curve."""
+    if decrease.shape != (len(lrs),):
+        raise ValueError(f"best_lr: a curve of shape {tuple(decrease.shape)} for {len(lrs)} lrs; pass one (L,) row")
     i = int(torch.argmax(decrease))
     return float(lrs[i]), float(decrease[i])

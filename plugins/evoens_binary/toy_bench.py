@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from evoens.bench import BenchResult
-from evoens_binary.analysis import cosine_per_tensor, loss_decrease
+from evoens_binary.analysis import best_lr, cosine_per_tensor, loss_decrease
 from evoens_binary.cdg import CdgConfig, cdg
 from evoens_binary.estimators import GradEstimator, SteGradient
 from evoens_binary.hybrid import ControlVariateNes, GuidedNesGradient
@@ -129,12 +129,12 @@ def _aggregate(points: list[dict[str, Any]], cfg: ToyConfig, dim: int) -> list[d
     for e, name in enumerate(names):
         layers = list(points[0]["cos"][name])
         cos = [sum(p["cos"][name][layer] for p in points) / len(points) for layer in layers]
-        best = int(torch.argmax(dec[e]))
+        lr, top = best_lr(cfg.lrs, dec[e])
         rows.append({
             "section": "estimate", "dim": dim, "estimator": name, "params": points[0]["D"],
             "evals": points[0]["cost"][name], "loss0": loss0, "dec@0.1": float(dec[e, i01]),
             **{f"cos_W{k + 1}": c for k, c in enumerate(cos)},
-            "best_lr": cfg.lrs[best], "best_dec": float(dec[e, best]), "raw@0.1": float(raw[e]),
+            "best_lr": lr, "best_dec": top, "raw@0.1": float(raw[e]),
             "curve": [float(v) for v in dec[e]],
         })  # fmt: skip
     return rows

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 from evoens_binary import hooks as binary_hooks
-from evoens_binary.analysis import cosine_per_tensor, loss_decrease, normalize
+from evoens_binary.analysis import best_lr, cosine_per_tensor, loss_decrease, normalize
 from evoens_binary.cdg import CdgConfig, CdgGradient, cdg, cdg_loop
 from evoens_binary.estimators import SteGradient
 from evoens_binary.hybrid import (
@@ -267,3 +267,9 @@ def test_estimator_keywords_are_checked_and_ste_parameters_pass_through() -> Non
         NesGradient(NesConfig(), popsize=10)
     with pytest.raises(ValueError, match="alpha must be in"):
         HandoverConfig(alpha=1.5)
+
+
+def test_best_lr_picks_the_largest_decrease_of_one_curve() -> None:
+    assert best_lr([0.01, 0.1, 1.0], torch.tensor([0.1, 0.3, -0.2])) == (0.1, pytest.approx(0.3))
+    with pytest.raises(ValueError, match="one \\(L,\\) row"):
+        best_lr([0.01, 0.1], torch.zeros(2, 2))
