@@ -191,7 +191,7 @@ class GenomeNet(nn.Module):
         return x
 
 
-def architecture(bank: FilterBank, genome: Genome) -> tuple:
+def architecture(bank: FilterBank, genome: Genome) -> tuple[object, ...]:
     """Architecture identity of a genome (ids left out): equal for any two genomes that stack into one
     batched population."""
     return tuple(
