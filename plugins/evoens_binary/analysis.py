@@ -30,6 +30,8 @@ def cosine_per_tensor(g: Grads, ref: Grads, eps: float = 1e-12) -> dict[str, flo
         raise ValueError(f"gradient is missing tensors {missing}")
     out = {}
     for name, r in ref.items():
+        if g[name].shape != r.shape:
+            raise ValueError(f"gradient '{name}' has shape {tuple(g[name].shape)}, the reference {tuple(r.shape)}")
         a, b = g[name].reshape(-1).double(), r.reshape(-1).double()
         out[name] = float(F.cosine_similarity(a, b, dim=0, eps=eps))
     return out

@@ -86,6 +86,10 @@ class Objective(ABC):
 
     def flatten(self, tensors: Mapping[str, Tensor]) -> Tensor:
         """``{name: (*shape)}`` -> ``(d,)`` in slot order."""
+        for s in self.slots:  # a wrong shape of the right size would silently misalign the flat vector
+            if s.name not in tensors or tensors[s.name].shape != s.shape:
+                got = tuple(tensors[s.name].shape) if s.name in tensors else "missing"
+                raise ValueError(f"tensor '{s.name}' must have shape {tuple(s.shape)}, got {got}")
         return torch.cat([tensors[s.name].reshape(-1) for s in self.slots])
 
     @abstractmethod

@@ -54,6 +54,8 @@ def species_logits(models: Sequence[nn.Module], x: Tensor, *, batch_size: int = 
 
 def correctness(models: Sequence[nn.Module], x: Tensor, y: Tensor, **kw: object) -> Tensor:
     """``(M, N)`` float matrix: 1 where model m classifies example i correctly."""
+    if y.shape != x.shape[:1]:  # (M, N) == (N, 1) would broadcast to (M, N, N)
+        raise ValueError(f"correctness: labels must have shape ({len(x)},) for {len(x)} inputs, got {tuple(y.shape)}")
     return (species_logits(models, x, **kw).argmax(-1) == y).float()  # type: ignore[arg-type]
 
 

@@ -273,3 +273,13 @@ def test_best_lr_picks_the_largest_decrease_of_one_curve() -> None:
     assert best_lr([0.01, 0.1, 1.0], torch.tensor([0.1, 0.3, -0.2])) == (0.1, pytest.approx(0.3))
     with pytest.raises(ValueError, match="one \\(L,\\) row"):
         best_lr([0.01, 0.1], torch.zeros(2, 2))
+
+
+def test_misshapen_gradients_are_refused_not_misaligned() -> None:
+    obj = _toy(dim=3, batch=16)
+    g = SteGradient().estimate(obj)
+    bad = {**g, "4.weight": g["4.weight"].reshape(3, 1)}  # the right size, the wrong shape
+    with pytest.raises(ValueError, match=r"tensor '4.weight' must have shape \(1, 3\), got \(3, 1\)"):
+        loss_decrease(obj, [bad], [0.1])
+    with pytest.raises(ValueError, match="gradient '4.weight' has shape"):
+        cosine_per_tensor(bad, g)

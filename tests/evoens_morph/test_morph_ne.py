@@ -223,6 +223,8 @@ def test_species_batched_evaluation_equals_the_per_model_loop() -> None:
         loop = torch.stack([m.eval()(x_test) for m in models])
     assert float((batched - loop).abs().max()) <= TOL
     assert torch.equal(correctness(models, x_test, y_test), (loop.argmax(-1) == y_test).float())
+    with pytest.raises(ValueError, match=r"labels must have shape \(40,\)"):
+        correctness(models, x_test, y_test[:, None])  # (M, N) == (N, 1) would broadcast to (M, N, N)
 
 
 def test_hierarchical_ensemble_concatenates_logits_along_the_class_dim() -> None:
