@@ -2,8 +2,9 @@
 
 References: Bengio, Léonard, Courville 2013 (straight-through estimator); Hubara, Courbariaux et al.,
 "Binarized Neural Networks", NeurIPS 2016 (clipped STE); Liu et al., "Bi-Real Net", ECCV 2018
-(ApproxSign); Darabi et al., "BNN+", 2018 (SwishSign); Kim et al., "BinaryDuo", ICLR 2020 (0/1 step
-activations, k-bit quantisers, the STE zoo compared against CDG).
+(ApproxSign); Darabi et al., "BNN+", 2018 (SwishSign); Yin et al., "Understanding Straight-Through
+Estimator in Training Activation Quantized Neural Nets", ICLR 2019 (ReLU STE); Kim et al., "BinaryDuo",
+ICLR 2020 (0/1 step activations, k-bit quantisers, the STE zoo compared against CDG).
 
 Forward functions (two conventions):
 
@@ -87,6 +88,15 @@ def _clipped_f(x: Tensor) -> Tensor:
 
 def _clipped_g(x: Tensor) -> Tensor:
     return (x.abs() <= 1.0).to(x.dtype)
+
+
+def _relu_f(x: Tensor) -> Tensor:
+    # Yin et al.'s ReLU STE: in 0/1 coordinates F01 = relu(x), g01 = 1[x > 0]; here u = 2x - 1.
+    return x.clamp_min(-1.0)
+
+
+def _relu_g(x: Tensor) -> Tensor:
+    return (x > -1.0).to(x.dtype)
 
 
 def _approxsign_f(x: Tensor) -> Tensor:
@@ -198,6 +208,10 @@ def _make_clipped() -> STE:
     return STE("clipped", {}, _clipped_f, _clipped_g)
 
 
+def _make_relu() -> STE:
+    return STE("relu", {}, _relu_f, _relu_g)
+
+
 def _make_approxsign() -> STE:
     return STE("approxsign", {}, _approxsign_f, _approxsign_g)
 
@@ -217,6 +231,7 @@ def _make_swishsign(beta: float = 5.0) -> STE:
 STES: dict[str, Callable[..., STE]] = {
     "identity": _make_identity,
     "clipped": _make_clipped,
+    "relu": _make_relu,
     "steep": _make_steep,
     "approxsign": _make_approxsign,
     "swishsign": _make_swishsign,

@@ -7,8 +7,8 @@ import torch
 from evoens_binary.ops import STES, binarize_sign, binarize_step, quantize, quantize_kbit, ste
 from torch.func import functional_call, grad, vmap
 
-ALL = [("identity", {}), ("clipped", {}), ("steep", {"k": 2.0}), ("steep", {"k": 3.0}), ("approxsign", {}),
-       ("swishsign", {}), ("swishsign", {"beta": 2.0})]  # fmt: skip
+ALL = [("identity", {}), ("clipped", {}), ("relu", {}), ("steep", {"k": 2.0}), ("steep", {"k": 3.0}),
+       ("approxsign", {}), ("swishsign", {}), ("swishsign", {"beta": 2.0})]  # fmt: skip
 
 
 def test_sign_maps_zero_to_plus_one_and_step_thresholds_at_half() -> None:
@@ -57,6 +57,10 @@ def test_surrogates_saturate_to_the_quantiser() -> None:
         torch.testing.assert_close(ste(name).surrogate(x), binarize_sign(x))
     torch.testing.assert_close(ste("swishsign").surrogate(torch.tensor([-20.0, 20.0])), torch.tensor([-1.0, 1.0]))
     assert ste("steep", k=2).grad(torch.tensor([0.4, 0.6])).tolist() == [2.0, 0.0]
+    # Yin et al.'s ReLU STE: in the 0/1 convention F = relu and g = 1[x > 0]
+    x01 = torch.tensor([-0.5, 0.25, 2.0])
+    torch.testing.assert_close(ste("relu").surrogate(x01, "step"), torch.relu(x01))
+    assert ste("relu").grad(x01, "step").tolist() == [0.0, 1.0, 1.0]
 
 
 def test_ste_under_vmap_and_functional_call_matches_the_loop() -> None:
@@ -76,7 +80,7 @@ def test_ste_under_vmap_and_functional_call_matches_the_loop() -> None:
 
 
 def test_registry_names_aliases_and_errors() -> None:
-    assert set(STES) == {"identity", "clipped", "steep", "approxsign", "swishsign"}
+    assert set(STES) == {"identity", "clipped", "relu", "steep", "approxsign", "swishsign"}
     assert ste("vanilla") == ste("clipped") and ste("poly") == ste("approxsign")
     assert ste("steep", k=4).params == {"k": 4.0} and ste("swishsign").params == {"beta": 5.0}
     with pytest.raises(ValueError, match="unknown STE 'nope'.*known: "):
