@@ -213,6 +213,11 @@ def train_base(train: tuple[Tensor, Tensor], config: NEConfig | None = None) -> 
     """Algorithm 1, line 1: the base network (:func:`base_genome`) trained for ``N_i`` steps."""
     cfg = config or NEConfig()
     x, y = train
+    if x.dim() != 4 or x.shape[-1] != x.shape[-2] or y.shape != x.shape[:1]:
+        raise ValueError(
+            f"train_base: needs square images (N, C, H, H) and labels (N,), got {tuple(x.shape)} and "
+            f"{tuple(y.shape)}; add the channel dimension with x.unsqueeze(1)"
+        )
     gen = torch.Generator().manual_seed(cfg.seed)  # init and batch draws: CPU RNG, same run on any device
     bank = FilterBank(x.device)
     genome = base_genome(

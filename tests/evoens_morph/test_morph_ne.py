@@ -17,6 +17,7 @@ from evoens_morph.ne import (
     mutate,
     neuroevolve,
     num_params,
+    train_base,
     train_step,
 )
 from evoens_morph.select import correctness, select_best, select_diverse, species, species_logits
@@ -317,6 +318,9 @@ def test_config_errors_are_one_line_value_errors() -> None:
         NEConfig(batch_size=0)
     with pytest.raises(ValueError, match="lr > 0"):
         NEConfig(lr=0.0)
+    x, y = _data(8)
+    with pytest.raises(ValueError, match=r"square images \(N, C, H, H\).*got \(8, 8, 8\)"):
+        train_base((x[:, 0], y))  # a missing channel dimension would read H as channels
 
 
 def test_each_species_is_one_batched_population_forward(monkeypatch: pytest.MonkeyPatch) -> None:
