@@ -202,6 +202,8 @@ def as_objective(
 ) -> Objective:
     """An :class:`Objective` from a module (with ``batch=(x, y)``), a function of params, or as is."""
     if isinstance(target, Objective):
+        if params is not None or batch is not None or kw:  # an Objective already fixes all of them
+            raise ValueError("an Objective already fixes its point, batch and options; pass it alone")
         return target
     if isinstance(target, nn.Module):
         if not (isinstance(batch, (tuple, list)) and len(batch) == 2):

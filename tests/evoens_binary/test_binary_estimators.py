@@ -251,6 +251,8 @@ def test_model_objective_fixes_the_point_even_if_the_model_moves() -> None:
     assert float(obj.losses(obj.x0[None])[0]) == pytest.approx(before, rel=1e-5)
     with pytest.raises(ValueError, match="params is empty"):
         ModelObjective(model, (x, torch.randn(16, 1)), params={})
+    with pytest.raises(ValueError, match="pass it alone"):
+        SteGradient().estimate(obj, batch=(x, torch.randn(16, 1)))  # would silently keep obj's own batch
 
 
 def test_estimator_keywords_are_checked_and_ste_parameters_pass_through() -> None:
