@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from evoens_binary.estimators import GradEstimator, SteGradient, autograd_gradient, resolve_config
-from evoens_binary.nes import NesConfig, Noise, chunk_weights, directions, nes
+from evoens_binary.nes import FreshDraws, NesConfig, Noise, chunk_weights, directions, nes
 from evoens_binary.objective import Objective
 from evoens_binary.ops import ste
 
@@ -89,7 +89,7 @@ def guided_noise(basis: Tensor, alpha: float) -> Noise:
     return draw
 
 
-class GuidedNesGradient(GradEstimator):
+class GuidedNesGradient(FreshDraws, GradEstimator):
     """``nes-guided``: NES sampled around the span of STE gradients (Guided ES)."""
 
     name = "nes-guided"
@@ -101,7 +101,7 @@ class GuidedNesGradient(GradEstimator):
 
     def flat_gradient(self, objective: Objective) -> Tensor:
         basis = guide_basis(objective, self.config.guides)
-        return nes(objective, self.config.nes, guided_noise(basis, self.config.alpha))
+        return nes(objective, self.draws(self.config.nes), guided_noise(basis, self.config.alpha))
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ def nes_control_variate(objective: Objective, config: ControlVariateConfig = Con
         return beta * guide + grad / (cfg.directions * cfg.sigma)
 
 
-class ControlVariateNes(GradEstimator):
+class ControlVariateNes(FreshDraws, GradEstimator):
     """``nes-cv``: NES with the STE gradient as a fitted linear control variate."""
 
     name = "nes-cv"
@@ -144,7 +144,7 @@ class ControlVariateNes(GradEstimator):
         self.config = _config(config, ControlVariateConfig, self.name, kw)
 
     def flat_gradient(self, objective: Objective) -> Tensor:
-        return nes_control_variate(objective, self.config)
+        return nes_control_variate(objective, replace(self.config, nes=self.draws(self.config.nes)))
 
 
 @dataclass(frozen=True)

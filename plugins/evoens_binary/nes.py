@@ -184,7 +184,21 @@ def _cuts(start: int, stop: int, marks: list[int]) -> list[tuple[int, int]]:
     return list(zip(edges[:-1], edges[1:]))
 
 
-class NesGradient(GradEstimator):
+class FreshDraws:
+    """Call i after :meth:`reset` draws with ``seed + i``: a training loop gets new perturbations every
+    step (one fixed seed would search the same ``popsize`` directions forever), a rerun the same ones."""
+
+    calls = 0
+
+    def reset(self) -> None:
+        self.calls = 0
+
+    def draws(self, config: NesConfig) -> NesConfig:
+        self.calls += 1
+        return replace(config, seed=config.seed + self.calls - 1)
+
+
+class NesGradient(FreshDraws, GradEstimator):
     """``nes``: Gaussian search gradient (antithetic, optional fitness shaping), batched."""
 
     name = "nes"
@@ -193,4 +207,4 @@ class NesGradient(GradEstimator):
         self.config = resolve_config(config, NesConfig, self.name, kw)
 
     def flat_gradient(self, objective: Objective) -> Tensor:
-        return nes(objective, self.config)
+        return nes(objective, self.draws(self.config))

@@ -24,8 +24,8 @@ from evoens_binary.analysis import normalize
 from evoens_binary.estimators import GradEstimator, SteGradient
 from evoens_binary.hybrid import HandoverConfig, SteThenNes
 from evoens_binary.layers import sign_mlp
-from evoens_binary.nes import NesConfig, NesGradient, nes
-from evoens_binary.objective import ModelObjective, Objective
+from evoens_binary.nes import NesConfig, NesGradient
+from evoens_binary.objective import ModelObjective
 
 
 @dataclass(frozen=True)
@@ -45,22 +45,10 @@ def _methods(cfg: HandoverBench, seed: int) -> dict[str, GradEstimator]:
     nes_cfg = NesConfig(popsize=cfg.popsize, sigma=cfg.sigma, seed=seed, chunk=250)
     return {
         "ste:clipped": SteGradient(ste="clipped"),
-        f"nes-{cfg.popsize}": _Reseeded(nes_cfg),
+        f"nes-{cfg.popsize}": NesGradient(replace(nes_cfg, seed=seed + 1)),  # fresh draws each step: seed+1, +2, ...
         "ste-nes": SteThenNes(HandoverConfig(ste="clipped", nes=nes_cfg, patience=cfg.patience)),
         "ste-nes-plain": SteThenNes(HandoverConfig(ste="clipped", nes=nes_cfg, patience=cfg.patience, guided=False)),
     }
-
-
-class _Reseeded(NesGradient):
-    """Plain NES with fresh draws every call (a fixed seed would repeat the same directions)."""
-
-    def __init__(self, config: NesConfig) -> None:
-        super().__init__(config)
-        self.calls = 0
-
-    def flat_gradient(self, objective: Objective) -> torch.Tensor:
-        self.calls += 1
-        return nes(objective, replace(self.config, seed=self.config.seed + self.calls))
 
 
 def _train(student: nn.Module, teacher: nn.Module, est: GradEstimator, cfg: HandoverBench, seed: int) -> float:
