@@ -35,6 +35,16 @@ class SliceMap(nn.Module):
             out[:, c : c + b - a] += k * res[:, a:b]
         return out
 
+    def get_extra_state(self) -> torch.Tensor:
+        # the map is part of the function: keep it in state dicts (checkpoints of widened nets), as a
+        # tensor so state-dict code that clones/compares values keeps working; row 0 = (C_out, stride)
+        return torch.tensor([[self.out_channels, self.stride, 0, 0], *self.entries], dtype=torch.long)
+
+    def set_extra_state(self, state: torch.Tensor) -> None:
+        rows = state.tolist()
+        self.out_channels, self.stride = int(rows[0][0]), int(rows[0][1])
+        self.entries = [(a, b, k, c) for a, b, k, c in rows[1:]]
+
     def extra_repr(self) -> str:
         return f"out_channels={self.out_channels}, stride={self.stride}, entries={self.entries}"
 

@@ -95,6 +95,8 @@ def test_new_block_gets_gradients_and_old_tensors_are_unchanged() -> None:
     new, report = deepen(model, "3", "r2r", generator=torch.Generator().manual_seed(2))
     new_state = new.state_dict()
     for name, old in model.state_dict().items():
+        if name.endswith("_extra_state"):
+            continue  # a SliceMap's entries: changed on purpose (tests/evoens_morph/test_morph_residual.py)
         assert torch.equal(new_state[report.renamed.get(name, name)], old), name
     nn.functional.cross_entropy(new.train()(torch.randn(8, 1, 12, 12)), torch.randint(0, 10, (8,))).backward()
     params = dict(new.named_parameters())

@@ -118,3 +118,12 @@ def test_random_pad_on_a_residual_source_is_not_preserving() -> None:
     new, _ = widen(model, "3.conv2", "random_pad", amount=4, generator=torch.Generator().manual_seed(4))
     assert new[4].skip.entries[-2:] == [(8, 10, 1, 8), (10, 12, 1, 8)]
     assert min(_diffs(model, new)) > 100 * TOL
+
+
+def test_the_map_travels_in_the_state_dict() -> None:
+    model = _resnet()
+    wide, _ = widen(model, "3.conv2", "r2r", amount=4, generator=torch.Generator().manual_seed(5))
+    copy_ = widen(model, "3.conv2", "r2r", amount=4, generator=torch.Generator().manual_seed(6))[0]
+    copy_[4].skip.entries = [(0, 8, 1, 0)]  # a different map, same shapes
+    copy_.load_state_dict(wide.state_dict())
+    assert copy_[4].skip.entries == wide[4].skip.entries and max(_diffs(wide, copy_)) == 0.0

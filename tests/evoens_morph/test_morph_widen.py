@@ -83,6 +83,8 @@ def test_old_tensors_are_bitwise_unchanged(family: str, site: str, scheme: str) 
     new, report = widen(model, site, scheme, amount=4, generator=torch.Generator().manual_seed(2))
     new_state = new.state_dict()
     for name, old in model.state_dict().items():
+        if name.endswith("_extra_state"):
+            continue  # a SliceMap's entries: changed on purpose (tests/evoens_morph/test_morph_residual.py)
         if name in report.widened:
             grid = torch.meshgrid(*report.widened[name], indexing="ij")
             assert torch.equal(new_state[name][grid], old), name
