@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,15 +17,6 @@ from evoens.testing import make_plugin_manager
 
 REGISTRY = make_plugin_manager(("binary", hooks)).registry
 MODELS = ("binary_mlp", "binary_cnn")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Small ops on the 2 shared cores: two intra-op threads wait on each other (up to 30x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _build(name: str, shape: tuple[int, ...], hidden: list[int] | None = None, **options: object) -> nn.Module:

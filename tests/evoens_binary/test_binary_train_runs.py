@@ -4,7 +4,6 @@ latent weights, exact resume, the example configs and the binary-mnist suite (ti
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +18,6 @@ from evoens.testing import make_plugin_manager, run_inline, tiny_config
 
 PLUGIN = ("binary", hooks)
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("binary-*.toml"))
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Small ops on the 2 shared cores: two intra-op threads wait on each other (up to 30x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _metrics(out: Path) -> list[dict[str, Any]]:

@@ -15,14 +15,6 @@ from torch import nn
 TOL = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _model(family: str) -> nn.Module:
     torch.manual_seed(0)
     model = families.FAMILIES[family]()

@@ -11,14 +11,6 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _torch_flops(model: nn.Module, shape: tuple[int, ...], batch: int = 3) -> int:
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():

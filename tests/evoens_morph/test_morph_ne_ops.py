@@ -17,14 +17,6 @@ from torch import nn
 TOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():  # noqa: ANN202
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny convs: a second intra-op thread only stalls on a shared CPU
-    yield
-    torch.set_num_threads(threads)
-
-
 def _genome_net() -> GenomeNet:
     bank = FilterBank()
     genome = base_genome(bank, image_size=8, widths=(4, 8), fc_hidden=16, generator=torch.Generator().manual_seed(0))

@@ -12,15 +12,6 @@ from evoens_morph.optim import carry_over_from_reports, carry_over_optimizer
 from evoens_morph.widen import widen
 from torch import nn
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 X = torch.randn(16, 1, 12, 12, generator=torch.Generator().manual_seed(0))
 Y = torch.randint(0, 10, (16,), generator=torch.Generator().manual_seed(1))
 

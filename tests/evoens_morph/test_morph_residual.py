@@ -12,14 +12,6 @@ from torch import nn
 TOL = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _reference(skip: SliceMap, res: torch.Tensor) -> torch.Tensor:
     out = torch.zeros(res.shape[0], skip.out_channels, *res.shape[2:])
     for a, b, k, c in skip.entries:

@@ -18,15 +18,6 @@ from evoens.testing import make_plugin_manager
 TOL = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # two contended cores: one intra-op thread is ~50x faster for these tiny layers
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 EXACT = ("r2r", "net2net", "netmorph")  # netmorph with noise=0
 
 
