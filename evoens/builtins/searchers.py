@@ -4,8 +4,9 @@ Each factory takes ``(problem, popsize, options, center)`` and returns an EvoTor
 ``SearchAlgorithm``; ``options`` (the config's ``trainer.searcher_options``) override the
 defaults below and pass straight to the EvoTorch constructor, so every EvoTorch keyword is
 available. Distribution-based searchers start centred on the template network's own
-initialisation ``center`` (D,). SNES, PGPE and CEM sample from a shared noise table
-(:mod:`evoens.noise`); ``noise_table = false`` in the options restores EvoTorch's own sampling.
+initialisation ``center`` (D,). SNES, PGPE and CEM sample from a shared noise table and SNES
+and PGPE compute their search gradients in cache-sized chunks (:mod:`evoens.noise`);
+``noise_table = false`` in the options restores EvoTorch's own sampling and gradient code.
 
 References: SNES/XNES — Wierstra et al., "Natural Evolution Strategies", JMLR 2014; PGPE —
 Sehnke et al., Neural Networks 2010 (ClipUp: Toklu et al., PPSN 2020); CMA-ES — Hansen &
