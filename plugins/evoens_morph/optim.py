@@ -4,8 +4,11 @@ The R2R paper (Painter, "Towards a More Complete Theory of Function Preserving T
 §6, App. D) divides the learning rate by 5 at the transform and re-creates Adam; the cs231n
 report (App. C) scales the learning rate by |θ_old| / |θ_new|. Re-creating the optimizer wipes
 the Adam moments of the old parameters (spec pitfall 1), so here every old parameter keeps its
-state, a widened tensor keeps the state of its old slice (new entries start at zero) and brand-new
-tensors start fresh. The learning-rate rules are options (``lr_rule``).
+state, a widened tensor keeps the state of its old slice and brand-new tensors start fresh. The
+new entries of a widened tensor start with a zero first moment and the MEAN old second moment:
+Adam's step count (one scalar per tensor) is carried over, so its bias correction is ~1 and zero
+second moments would make the first updates of the new entries ~(1−β1)/sqrt(1−β2) ≈ 3.2x the
+learning rate. The learning-rate rules are options (``lr_rule``).
 """
 
 from __future__ import annotations
@@ -18,15 +21,16 @@ from torch import nn
 
 LrRule = Literal["keep", "divide", "norm_ratio"]
 Positions = tuple[torch.Tensor, ...]  # per dim: the indices of the old entries in the new tensor
+SECOND_MOMENTS = ("exp_avg_sq", "max_exp_avg_sq")  # Adam/AdamW/NAdam/RAdam: new entries get the old mean
 
 
 def _norm(params: Iterable[torch.Tensor]) -> float:
     return float(torch.sqrt(sum((p.detach().double() ** 2).sum() for p in params)))
 
 
-def _scatter_state(value: torch.Tensor, new: torch.Tensor, positions: Positions) -> torch.Tensor:
-    """A zero tensor shaped like ``new`` holding ``value`` at the old entries."""
-    out = torch.zeros_like(new, dtype=value.dtype, memory_format=torch.contiguous_format)
+def _scatter_state(value: torch.Tensor, new: torch.Tensor, positions: Positions, fill: float = 0.0) -> torch.Tensor:
+    """A tensor shaped like ``new`` holding ``value`` at the old entries and ``fill`` elsewhere."""
+    out = torch.full_like(new, fill, dtype=value.dtype, memory_format=torch.contiguous_format)
     out[torch.meshgrid(*positions, indexing="ij")] = value
     return out
 
@@ -96,7 +100,8 @@ def carry_over_optimizer(
         state = {}
         for key, value in old_state.items():
             if torch.is_tensor(value) and value.shape == old_params[name].shape and name in positions:
-                state[key] = _scatter_state(value, param, positions[name])
+                fill = float(value.mean()) if key in SECOND_MOMENTS and value.numel() else 0.0
+                state[key] = _scatter_state(value, param, positions[name], fill)
             elif torch.is_tensor(value) and value.shape == old_params[name].shape and value.shape != param.shape:
                 raise ValueError(f"parameter '{name}' changed shape; pass its positions (MorphReport.widened)")
             else:

@@ -48,7 +48,9 @@ def test_adam_state_of_old_entries_is_kept_and_new_entries_start_at_zero() -> No
             assert torch.equal(state["exp_avg"][grid], old_state["exp_avg"])
             mask = torch.ones_like(param, dtype=torch.bool)
             mask[grid] = False
-            assert mask.any() and not state["exp_avg"][mask].any() and not state["exp_avg_sq"][mask].any()
+            assert mask.any() and not state["exp_avg"][mask].any()
+            mean_sq = old_state["exp_avg_sq"].mean()  # new entries: the old mean second moment (see below)
+            assert torch.allclose(state["exp_avg_sq"][mask], mean_sq.expand(int(mask.sum())))
         else:
             assert torch.equal(state["exp_avg_sq"], old_state["exp_avg_sq"])
 
@@ -66,6 +68,27 @@ def test_after_an_exact_widen_the_carried_adam_continues_the_old_trajectory() ->
         got = new_params[name].detach()
         got = got[_grid(report.widened[name])] if name in report.widened else got
         torch.testing.assert_close(got, old.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_new_entries_of_a_long_trained_adam_tensor_step_like_the_old_ones() -> None:
+    # a long run: bias correction ~1 (step 1000), stationary second moment 1 for a unit gradient;
+    # zero second moments on the new rows would make their first step ~2.5x lr instead of ~0.08x
+    old = nn.Linear(1, 4, bias=False)
+    opt = torch.optim.Adam(old.parameters(), lr=0.1)
+    opt.state[old.weight] = {
+        "step": torch.tensor(1000.0),
+        "exp_avg": torch.zeros(4, 1),
+        "exp_avg_sq": torch.ones(4, 1),
+    }
+    new = nn.Linear(1, 6, bias=False)
+    before = new.weight.detach().clone()
+    grid = (torch.arange(4), torch.arange(1))
+    carried = carry_over_optimizer(opt, new, [], old_params={"weight": old.weight}, positions={"weight": grid})
+    new.weight.grad = torch.ones(6, 1)
+    carried.step()
+    delta = (new.weight.detach() - before).abs().flatten()  # (6,)
+    assert float(delta.max()) < 0.1  # below lr
+    torch.testing.assert_close(delta[4:], delta[:4].mean().expand(2))  # new rows step like the old ones
 
 
 def test_new_tensors_start_fresh_and_sgd_momentum_is_carried() -> None:
