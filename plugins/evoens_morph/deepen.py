@@ -78,8 +78,6 @@ def _identity_layer(
         layer: nn.Module = nn.Linear(c, c)
         eye = torch.eye(c)
     else:
-        if kernel % 2 == 0:
-            raise MorphError(f"Net2DeeperNet needs an odd kernel for a same-padded identity conv, got {kernel}")
         layer = nn.Conv2d(c, c, kernel, padding=kernel // 2)
         eye = torch.zeros(c, c, kernel, kernel)
         eye[torch.arange(c), torch.arange(c), kernel // 2, kernel // 2] = 1.0  # 0-based centre (pitfall 5)
@@ -123,6 +121,8 @@ def deepen(
     """
     new = copy.deepcopy(model)
     p = get_point(new, point)
+    if not p.linear and (kernel < 1 or kernel % 2 == 0):  # same padding keeps H×W only for odd kernels
+        raise MorphError(f"deepening a conv volume needs an odd kernel (1, 3, 5, ...) for same padding, got {kernel}")
     probe = probe_batch(model, probe, generator)
     ref = new.get_submodule(p.producer).weight
     if scheme == "r2r":

@@ -128,6 +128,9 @@ def test_bad_requests_raise_one_clear_error() -> None:
         deepen(model, "6", "r2r", hidden=5)
     with pytest.raises(MorphError, match="odd kernel"):
         deepen(model, "6", "net2net", kernel=2)
+    for kernel in (2, 0):  # the zero block's output must keep H×W too (was a torch shape error)
+        with pytest.raises(MorphError, match="odd kernel"):
+            deepen(model, "6", "r2r", kernel=kernel)
     deeper, _ = deepen(model, "6", "r2r")
     with pytest.raises(MorphError, match="needs a ReLU"):
         deepen(deeper, "6.1", "net2net")
