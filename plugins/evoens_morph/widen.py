@@ -32,6 +32,8 @@ def new_channels(channels: int, *, amount: int | None, factor: float | None, mfa
     else:
         if factor is None or factor <= 1:
             raise MorphError(f"factor must be > 1, got {factor}")
+        if mfactor < 1:
+            raise MorphError(f"mfactor (round new channels up to a multiple of it) must be >= 1, got {mfactor}")
         n = mfactor * math.ceil(channels * (factor - 1) / mfactor - 1e-9)
     if n < 1:
         raise MorphError(f"widening must add >= 1 channel, got {n}")

@@ -148,6 +148,8 @@ def test_bad_requests_raise_one_clear_error() -> None:
         widen(model, "nope", "r2r", amount=2)
     with pytest.raises(MorphError, match="exactly one"):
         widen(model, "0", "r2r")
+    with pytest.raises(MorphError, match="mfactor"):  # was a ZeroDivisionError
+        widen(model, "0", "r2r", factor=2.0, mfactor=0)
     _, report = widen(model, "0", "random_pad", amount=2)
     report.exact_modes = ("eval",)
     with pytest.raises(MorphError, match="not function preserving in eval mode"):
