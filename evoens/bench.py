@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import platform
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,8 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 
 from evoens import __version__
+from evoens.memory import leaf_modules
+from evoens.population import STRATEGIES, Population, UnsupportedInput
 
 
 @dataclass
@@ -114,3 +118,47 @@ def run_suite(
     if result.plot is not None:
         result.plot(out / f"{name}.png")
     return payload
+
+
+def benchmark_strategies(
+    template: nn.Module,
+    P: int,
+    batch: int,
+    repeats: int = 5,
+    *,
+    input_shape: tuple[int, ...] | None = None,
+    device: torch.device | str | None = None,
+    per_member: bool = False,
+) -> dict[str, float]:
+    """Median seconds per forward (no grad) for each strategy that runs ``template`` on this input."""
+    if input_shape is None:
+        first = next((m for m in leaf_modules(template) if next(m.parameters(), None) is not None), None)
+        if not isinstance(first, nn.Linear):
+            raise ValueError("cannot infer the input shape: pass input_shape=(...) per sample")
+        input_shape = (first.in_features,)
+    pop = Population.from_module(template, P, generator=torch.Generator().manual_seed(0))
+    pop = pop.to(device) if device is not None else pop
+    shape = (P, batch, *input_shape) if per_member else (batch, *input_shape)
+    x = torch.randn(shape, device=pop.device, dtype=pop.dtype)
+
+    def run(name: str) -> Tensor:
+        return pop(x, strategy=name, per_member=per_member)
+
+    names = []
+    with torch.no_grad():
+        for name, strat in STRATEGIES.items():
+            if strat.supports(template):
+                try:
+                    run(name)  # warm-up (allocator, first-call overheads); drops input-unsupported
+                    names.append(name)
+                except UnsupportedInput:
+                    pass
+        times: dict[str, list[float]] = {name: [] for name in names}
+        for _ in range(repeats):  # interleaved rounds: a load change hits every strategy alike
+            for name in names:
+                synchronize(pop.device)
+                t0 = time.perf_counter()
+                run(name)
+                synchronize(pop.device)
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}

@@ -5,15 +5,15 @@ order of EvoTorch's ``parameter_vector``), so an EvoTorch ``SolutionBatch``'s va
 copy; ``params`` are ``(P, *shape)`` views of it keyed like the template's state dict. The forward
 runs every member through one strategy of ``evoens.strategies``: named, or ``"auto"``, which times the
 supported ones on the actual input once and caches the winner per (architecture, P, input shape,
-device, dtype, grad). Members run in chunks sized from an activation-memory budget; a chunk that
-runs out of memory is halved, retried, and the smaller size remembered. Pure torch, no pluggy.
+device, dtype, grad). Members run in chunks sized from an activation-memory budget
+(:mod:`evoens.memory`); a chunk that runs out of memory is halved, retried, and the smaller size
+remembered. :func:`evoens.bench.benchmark_strategies` times every strategy. Pure torch, no pluggy.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import statistics
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -21,8 +21,8 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
+from evoens.memory import activation_elements, budget_bytes, is_oom, leaf_modules
 from evoens.strategies import STRATEGIES, Strategy, UnsupportedInput
 
 __all__ = [
@@ -31,15 +31,12 @@ __all__ = [
     "Population",
     "Strategy",
     "UnsupportedInput",
-    "benchmark_strategies",
     "flat_layout",
     "module_to_flat",
 ]
 
 _AUTO_CHOICE: dict[tuple, str] = {}  # auto key -> fastest strategy name, shared by all populations
 _CHUNK_LIMIT: dict[tuple, int] = {}  # run key -> largest chunk that did not run out of memory
-_ACT_ELEMS: dict[tuple, int | None] = {}  # probe key -> activation elements per member per sample
-_CPU_BUDGET = 8 << 20  # bytes of activations per chunk: keeps a chunk's working set near cache size
 
 
 class ParamSlot(NamedTuple):
@@ -70,20 +67,9 @@ def signature(template: nn.Module) -> str:
     return f"{template!r}|{[(n, tuple(p.shape)) for n, p in template.named_parameters()]}"
 
 
-def _is_oom(err: BaseException) -> bool:
-    msg = str(err)
-    return isinstance(err, torch.OutOfMemoryError) or (
-        isinstance(err, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
-    )
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _leaf_modules(template: nn.Module) -> list[nn.Module]:
-    return [m for m in template.modules() if next(m.children(), None) is None]
 
 
 def _infer_per_member(template: nn.Module, x: Tensor, size: int) -> bool:
@@ -91,7 +77,7 @@ def _infer_per_member(template: nn.Module, x: Tensor, size: int) -> bool:
     if x.dim() == 0 or x.shape[0] != size:
         return False
     flatten_first = False
-    for m in _leaf_modules(template):
+    for m in leaf_modules(template):
         if isinstance(m, nn.Flatten):
             flatten_first = True
         elif isinstance(m, nn.Linear) and flatten_first:
@@ -369,7 +355,7 @@ class Population:
                     )
                 )
             except Exception as err:
-                if not _is_oom(err) or stop - start == 1:
+                if not is_oom(err) or stop - start == 1:
                     raise
                 chunk = max(1, (stop - start) // 2)
                 _CHUNK_LIMIT[key] = chunk
@@ -383,95 +369,15 @@ class Population:
         """Members per chunk whose activations fit the budget (8 MiB CPU, 1/8 of a GPU)."""
         sample = tuple(x.shape[2:] if per_member else x.shape[1:])
         grad = self._needs_grad(x)
-        key = (self.signature(), sample, self.dtype, grad)
-        if key not in _ACT_ELEMS:
+
+        def one_member() -> dict[str, Tensor]:
             tensors = {k: v[0] for k, v in self.params.items()}
-            tensors.update({k: v[0].clone() for k, v in self.buffers.items()})
-            _ACT_ELEMS[key] = _probe_activations(self.template, tensors, sample, grad) if tensors else None
-        elems = _ACT_ELEMS[key]
+            return {**tensors, **{k: v[0].clone() for k, v in self.buffers.items()}}
+
+        key = (self.signature(), sample, self.dtype, grad)
+        elems = activation_elements(key, self.template, one_member, sample, grad)
         if elems is None:
             return self.size  # unknown: rely on out-of-memory halving
-        budget = (
-            torch.cuda.get_device_properties(self.device).total_memory // 8
-            if self.device.type == "cuda"
-            else _CPU_BUDGET
-        )
         batch = x.shape[1] if per_member else (x.shape[0] if x.dim() else 1)
         per_member_bytes = max(1, batch * elems * self.flat.element_size())
-        return max(1, budget // per_member_bytes)
-
-
-def _probe_activations(
-    template: nn.Module, tensors: dict[str, Tensor], sample: tuple[int, ...], grad: bool
-) -> int | None:
-    """Activation elements per member per sample, from one member's forward on two zero samples.
-
-    With grad every layer output is kept for backward (sum); without, about two are alive (2 max).
-    Real tensors, not meta ones: meta kernels would import torch._dynamo (over a second) here."""
-    counts: list[int] = []
-
-    def hook(_m: nn.Module, _inp: object, out: object) -> None:
-        if isinstance(out, Tensor):
-            counts.append(out.numel() // 2)
-
-    modules = list(template.modules())
-    training = [m.training for m in modules]
-    handles = [m.register_forward_hook(hook) for m in _leaf_modules(template)]
-    any_tensor = next(iter(tensors.values()))
-    try:
-        template.eval()  # shapes only: no running-stat updates, no RNG draws
-        with torch.no_grad():
-            functional_call(template, tensors, (any_tensor.new_zeros((2, *sample)),))
-    except Exception:  # noqa: BLE001  (e.g. a forward taking two tensors): rely on OOM halving
-        return None
-    finally:
-        for h in handles:
-            h.remove()
-        for m, flag in zip(modules, training):
-            m.training = flag
-    counts = counts or [math.prod(sample)]
-    return sum(counts) if grad else 2 * max(counts)
-
-
-def benchmark_strategies(
-    template: nn.Module,
-    P: int,
-    batch: int,
-    repeats: int = 5,
-    *,
-    input_shape: tuple[int, ...] | None = None,
-    device: torch.device | str | None = None,
-    per_member: bool = False,
-) -> dict[str, float]:
-    """Median seconds per forward (no grad) for each strategy that runs ``template`` on this input."""
-    if input_shape is None:
-        first = next((m for m in _leaf_modules(template) if next(m.parameters(), None) is not None), None)
-        if not isinstance(first, nn.Linear):
-            raise ValueError("cannot infer the input shape: pass input_shape=(...) per sample")
-        input_shape = (first.in_features,)
-    pop = Population.from_module(template, P, generator=torch.Generator().manual_seed(0))
-    pop = pop.to(device) if device is not None else pop
-    shape = (P, batch, *input_shape) if per_member else (batch, *input_shape)
-    x = torch.randn(shape, device=pop.device, dtype=pop.dtype)
-
-    def run(name: str) -> Tensor:
-        return pop(x, strategy=name, per_member=per_member)
-
-    names = []
-    with torch.no_grad():
-        for name, strat in STRATEGIES.items():
-            if strat.supports(template):
-                try:
-                    run(name)  # warm-up (allocator, first-call overheads); drops input-unsupported
-                    names.append(name)
-                except UnsupportedInput:
-                    pass
-        times: dict[str, list[float]] = {name: [] for name in names}
-        for _ in range(repeats):  # interleaved rounds: a load change hits every strategy alike
-            for name in names:
-                _sync(pop.device)
-                t0 = time.perf_counter()
-                run(name)
-                _sync(pop.device)
-                times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(t) for name, t in times.items()}
+        return max(1, budget_bytes(self.device) // per_member_bytes)

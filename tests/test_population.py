@@ -11,9 +11,9 @@ from torch import Tensor, nn
 from torch.testing import assert_close
 
 from evoens import population
+from evoens.bench import benchmark_strategies
 from evoens.population import (
     Population,
-    benchmark_strategies,
     flat_layout,
     module_to_flat,
 )
