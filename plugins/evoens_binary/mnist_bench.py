@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from evoens.bench import BenchResult
+from evoens.bench import BenchResult, torch_threads
 from evoens.config import config_from_dict
 from evoens.testing import make_plugin_manager
 
@@ -145,13 +145,8 @@ def _plan(sizes: Sizes) -> list[tuple[str, str, str, float]]:
 
 def run_sizes(sizes: Sizes, device: torch.device, data_dir: str | None = None) -> BenchResult:
     """Every run of ``sizes``; the table, notes and plot (torch threads restored afterwards)."""
-    threads = torch.get_num_threads()
-    if sizes.threads is not None:
-        torch.set_num_threads(sizes.threads)
-    try:
+    with torch_threads(sizes.threads):
         return _run_sizes(sizes, device, data_dir)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run_sizes(sizes: Sizes, device: torch.device, data_dir: str | None) -> BenchResult:

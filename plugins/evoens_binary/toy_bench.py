@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from evoens.bench import BenchResult
+from evoens.bench import BenchResult, torch_threads
 from evoens_binary.analysis import best_lr, cosine_per_tensor, loss_decrease
 from evoens_binary.cdg import CdgConfig, cdg
 from evoens_binary.estimators import GradEstimator, SteGradient
@@ -151,17 +151,11 @@ def run_estimates(cfg: ToyConfig, device: torch.device = torch.device("cpu")) ->
 def suite(quick: bool, device: torch.device, env: dict[str, Any], config: ToyConfig | None = None) -> BenchResult:
     """Run the suite (``config`` overrides the quick/full sizes, for tests)."""
     cfg = config or (QUICK if quick else ToyConfig())
-    threads = torch.get_num_threads()
-    try:
-        # Many small ops on a shared 2-core machine: one thread avoids waiting on a descheduled
-        # sibling at every op (measured ~9x faster per population member under load 8).
-        torch.set_num_threads(cfg.threads or threads)
+    with torch_threads(cfg.threads or None):  # measured ~9x faster per member under load 8
         t0 = time.perf_counter()
         rows = run_estimates(cfg, device)
         t_est = time.perf_counter() - t0
         train_rows = run_handover(cfg.handover, cfg.seed, device)
-    finally:
-        torch.set_num_threads(threads)
     notes = notes_for(cfg, rows, train_rows, t_est, time.perf_counter() - t0 - t_est)
     columns = ["dim", "estimator", "params", "evals", "loss0", "dec@0.1", "cos_W1", "cos_W2", "cos_W3",
                "best_lr", "best_dec", "raw@0.1"]  # fmt: skip

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from evoens.bench import torch_threads
 from evoens_morph import families
 from evoens_morph.bench_train import Curve, TrainSizes, training_curves
 from evoens_morph.mutations import OPERATORS, MorphOptions
@@ -149,18 +150,13 @@ def suite(
     from evoens.bench import BenchResult
 
     start = time.perf_counter()
-    threads = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(1)  # tiny layers on shared cores: one thread is far faster
-    try:
+    with torch_threads(1 if device.type == "cpu" else None):  # tiny layers: one thread is far faster
         rows = preservation_rows((1, 12, 12) if quick else (1, 28, 28), device)
         sizes = sizes or (TrainSizes(steps=200, eval_every=50, test_size=1000) if quick else TrainSizes())
         curves = training_curves(data if data is not None else _load_mnist(None), sizes, device)
         rows += _curve_rows(curves)
         ne_rows, ne_notes = ne_part(quick, device) if with_ne else ([], ["- (c) NE rows: skipped (with_ne=False)."])
         rows += ne_rows
-    finally:
-        torch.set_num_threads(threads)
     columns = COLUMNS + [k for r in rows for k in r if k not in COLUMNS]
     columns = list(dict.fromkeys(columns))
     return BenchResult(
