@@ -324,6 +324,16 @@ class Population:
         return choice, outs[choice]
 
     def _chunked(self, strat: Strategy, x: Tensor, per_member: bool) -> Tensor:
+        """``strat`` over member chunks and, for per-sample strategies whose single member's
+        activations exceed the budget, over sample chunks too: (P, B, ...out)."""
+        members, samples = self._budget_chunk(x, per_member)
+        dim = 1 if per_member else 0
+        if not strat.per_sample or x.dim() <= dim or samples >= x.shape[dim]:
+            return self._member_chunks(strat, x, per_member, members)
+        parts = [self._member_chunks(strat, xs, per_member, members) for xs in x.split(samples, dim)]
+        return torch.cat(parts, 1)  # (P, B, ...out)
+
+    def _member_chunks(self, strat: Strategy, x: Tensor, per_member: bool, budget: int) -> Tensor:
         P = self.size
         key = (
             self.signature(),
@@ -334,7 +344,7 @@ class Population:
             self.dtype,
             self._needs_grad(x),
         )
-        chunk = min(self.max_chunk or self._budget_chunk(x, per_member), _CHUNK_LIMIT.get(key, P), P)
+        chunk = min(self.max_chunk or budget, _CHUNK_LIMIT.get(key, P), P)
         params, outs, start = self.params, [], 0
         while start < P:
             stop = min(start + chunk, P)
@@ -365,8 +375,9 @@ class Population:
             start = stop
         return outs[0] if len(outs) == 1 else torch.cat(outs)  # (P, B, ...out)
 
-    def _budget_chunk(self, x: Tensor, per_member: bool) -> int:
-        """Members per chunk whose activations fit the budget (8 MiB CPU, 1/8 of a GPU)."""
+    def _budget_chunk(self, x: Tensor, per_member: bool) -> tuple[int, int]:
+        """(members, samples) per chunk whose activations fit the budget (8 MiB CPU, 1/8 of a GPU):
+        all samples while one member fits, else one member and as many samples as fit."""
         sample = tuple(x.shape[2:] if per_member else x.shape[1:])
         grad = self._needs_grad(x)
 
@@ -376,8 +387,12 @@ class Population:
 
         key = (self.signature(), sample, self.dtype, grad)
         elems = activation_elements(key, self.template, one_member, sample, grad)
-        if elems is None:
-            return self.size  # unknown: rely on out-of-memory halving
         batch = x.shape[1] if per_member else (x.shape[0] if x.dim() else 1)
-        per_member_bytes = max(1, batch * elems * self.flat.element_size())
-        return max(1, budget_bytes(self.device) // per_member_bytes)
+        if elems is None:
+            return self.size, batch  # unknown: rely on out-of-memory halving
+        per_sample_bytes = max(1, elems * self.flat.element_size())
+        budget = budget_bytes(self.device)
+        members = budget // (batch * per_sample_bytes)
+        if members >= 1:
+            return members, batch
+        return 1, max(1, budget // per_sample_bytes)

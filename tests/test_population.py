@@ -294,8 +294,56 @@ def test_other_errors_are_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_budget_chunks_large_activations() -> None:
     pop = make_pop("evojax_convnet", 3)
     x = make_x("evojax_convnet", 3, False, batch=200)  # 2 x 8x28x28 maps x 200 x 4 B = 10 MB
-    assert pop._budget_chunk(x, False) == 1
-    assert make_pop("mlp_relu", 3)._budget_chunk(make_x("mlp_relu", 3, False), False) > 1000
+    assert pop._budget_chunk(x, False) == (1, (8 << 20) // (2 * 8 * 28 * 28 * 4))  # one member, 167 samples
+    members, samples = make_pop("mlp_relu", 3)._budget_chunk(make_x("mlp_relu", 3, False), False)
+    assert members > 1000 and samples == 3  # the whole batch
+
+
+def _record_batches(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+    batches: list[int] = []
+    strat = STRATEGIES[name]
+    real = strat.forward
+
+    def spy(*args, **kw) -> Tensor:
+        x = args[3]
+        batches.append(x.shape[1] if kw["per_member"] else x.shape[0])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(strat, "forward", spy)
+    return batches
+
+
+@pytest.mark.parametrize("per_member", [False, True])
+@pytest.mark.parametrize("grad", [False, True])
+def test_sample_chunks_match_the_loop(monkeypatch: pytest.MonkeyPatch, per_member: bool, grad: bool) -> None:
+    """A member too big for the budget runs in sample chunks: outputs and gradients as the loop's."""
+    monkeypatch.setattr(population, "budget_bytes", lambda device: 2 * 8 * 28 * 28 * 4 * 70)  # 70 samples
+    pop, ref = make_pop("evojax_convnet", 3), make_pop("evojax_convnet", 3)
+    ref.flat = pop.flat.detach().clone()
+    x = make_x("evojax_convnet", 3, per_member, batch=150)
+    batches = _record_batches(monkeypatch, "grouped_conv")
+    with torch.set_grad_enabled(grad):
+        pop.flat.requires_grad_(grad)
+        ref.flat.requires_grad_(grad)
+        members, samples = pop._budget_chunk(x, per_member)
+        out, want = pop(x, strategy="grouped_conv"), ref(x, strategy="loop")
+    assert members == 1 and 1 < samples < 150
+    assert batches == [n for n in (samples,) * (150 // samples) + (150 % samples,) if n for _ in range(3)]
+    assert_close(out, want, **TOL)
+    if grad:
+        weights = torch.randn_like(want)
+        (g,) = torch.autograd.grad((out * weights).sum(), pop.flat)
+        (g_ref,) = torch.autograd.grad((want * weights).sum(), ref.flat)
+        assert_close(g, g_ref, **GRAD_TOL)
+
+
+@pytest.mark.parametrize("name", ["loop", "vmap"])
+def test_generic_strategies_keep_the_batch_whole(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    # A user's module may mix samples (attention over the batch): only known layers are split.
+    monkeypatch.setattr(population, "budget_bytes", lambda device: 1)
+    batches = _record_batches(monkeypatch, name)
+    make_pop("evojax_convnet", 2)(make_x("evojax_convnet", 2, False, batch=9), strategy=name)
+    assert batches == [9, 9]
 
 
 # ------------------------------------------------------------------ unsupported architectures
