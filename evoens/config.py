@@ -22,19 +22,17 @@ dotted key, the bad value and what is allowed, e.g.::
     trainer.lr = -1.0: must be > 0
 
 Provider names (datasets, searchers, reporters, ...) are free strings here; the registry checks
-them later against what the plugins registered.
+them later against what the plugins registered. Writing a config back as TOML lives in
+:mod:`evoens.toml_writer` (``dump_toml`` and ``config_to_dict`` are re-exported here).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import datetime
 import difflib
 import functools
-import math
 import operator
-import re
 import sys
 import types
 import typing
@@ -43,7 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
-from evoens.errors import UserError
+from evoens.errors import ConfigError
+from evoens.errors import show as _show
+from evoens.toml_writer import config_to_dict, dump_toml
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -64,10 +64,6 @@ __all__ = [
     "load_config",
     "loads_config",
 ]
-
-
-class ConfigError(UserError, ValueError):
-    """A mistake in a run config. ``str(err)`` is one line: the key, the bad value, what is allowed."""
 
 
 def _opt(default: Any, help: str, **constraints: Any) -> Any:
@@ -308,12 +304,6 @@ def _did_you_mean(word: str, options: Sequence[str]) -> str:
     return f" (did you mean {lowered[close[0]]!r}?)" if close else ""
 
 
-def _show(value: Any) -> str:
-    """The value as in an error message: repr (always one line), cut when long."""
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 # ---------------------------------------------------------------------------------------------
 # Reading: files, text, overrides
 # ---------------------------------------------------------------------------------------------
@@ -388,89 +378,3 @@ def _parse_value(raw: str) -> Any:
 
 def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split())
-
-
-# ---------------------------------------------------------------------------------------------
-# Writing: the resolved config of a run directory
-# ---------------------------------------------------------------------------------------------
-
-
-def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """A config dataclass as nested plain dicts (a deep copy; None values kept)."""
-    if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
-        raise TypeError(f"config_to_dict expects a config dataclass instance, got {type(cfg).__name__}")
-    return dataclasses.asdict(cfg)
-
-
-def dump_toml(cfg: Any) -> str:
-    """TOML text for a config dataclass or a mapping; None values are omitted.
-
-    ``loads_config(dump_toml(cfg)) == cfg`` for every valid :class:`RunConfig` (no Optional field
-    has a non-None default, so omitting None loses nothing).
-    """
-    data = config_to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg
-    if not isinstance(data, Mapping):
-        raise TypeError(f"dump_toml expects a config dataclass or a mapping, got {type(cfg).__name__}")
-    lines: list[str] = []
-    _write_table(lines, [], data)
-    return "\n".join(lines) + "\n"
-
-
-def _write_table(lines: list[str], path: list[str], table: Mapping[str, Any]) -> None:
-    """Key/value lines first, then one [header] per non-empty sub-table (empty ones stay inline)."""
-    inline = [(k, v) for k, v in table.items() if v is not None and not (isinstance(v, Mapping) and v)]
-    nested = [(k, v) for k, v in table.items() if isinstance(v, Mapping) and v]
-    if inline and path:
-        lines += [""] if lines else []
-        lines.append(f"[{'.'.join(map(_toml_key, path))}]")
-    lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in inline]
-    for key, sub in nested:
-        _write_table(lines, [*path, key], sub)
-
-
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-_ESCAPES = {
-    '"': '\\"',
-    "\\": "\\\\",
-    "\b": "\\b",
-    "\t": "\\t",
-    "\n": "\\n",
-    "\f": "\\f",
-    "\r": "\\r",
-}
-
-
-def _toml_key(key: Any) -> str:
-    if not isinstance(key, str):
-        raise ConfigError(f"cannot write key {_show(key)} as TOML: keys must be strings")
-    return key if _BARE_KEY.fullmatch(key) else _toml_string(key)
-
-
-def _toml_string(text: str) -> str:
-    def escape(c: str) -> str:
-        if c in _ESCAPES:
-            return _ESCAPES[c]
-        return f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7F else c
-
-    return '"' + "".join(map(escape, text)) + '"'
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        return repr(value) if math.isfinite(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, str):
-        return _toml_string(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(map(_toml_value, value)) + "]"
-    if isinstance(value, Mapping):
-        items = (f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None)
-        return "{" + ", ".join(items) + "}"
-    if isinstance(value, (datetime.date, datetime.time)):
-        return value.isoformat()
-    raise ConfigError(f"cannot write {_show(value)} ({type(value).__name__}) as TOML")

@@ -11,6 +11,16 @@ class UserError(Exception):
     """Base of every error caused by input the user controls (configs, data, plugins, run dirs)."""
 
 
+class ConfigError(UserError, ValueError):
+    """A mistake in a run config. ``str(err)`` is one line: the key, the bad value, what is allowed."""
+
+
+def show(value: object) -> str:
+    """A value as error messages quote it: its repr (always one line), cut when long."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 class PluginError(UserError):
     """A plugin is broken: it failed to import, names an unknown hook or argument, or raised."""
 
