@@ -283,8 +283,9 @@ def _pool(op: Op, p: Tensors, b: Tensors, mode: str, h: Tensor, P: int) -> State
     if mode == "dense":
         raise UnsupportedInput(f"{type(op.module).__name__} '{op.name}' on dense features")
     tiles = _tiles(op.module)
-    if tiles is not None and h.dim() == 4 and not (torch.is_grad_enabled() and h.requires_grad):
-        return mode, tile_max(h, *tiles)
+    fits = tiles is not None and h.dim() == 4 and h.shape[-2] >= tiles[0] and h.shape[-1] >= tiles[1]
+    if fits and not (torch.is_grad_enabled() and h.requires_grad):
+        return mode, tile_max(h, *tiles)  # type: ignore[misc]
     return mode, op.module(h)  # pooling is per channel, so the grouped layout is unaffected
 
 
