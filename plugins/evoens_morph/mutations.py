@@ -4,8 +4,9 @@ Every operator is called ``op(module, site, options, generator) -> (new_module, 
 ``module`` is left untouched, ``site`` names a widen site or a deepen point of ``module``
 (``op.sites(module)`` lists the valid ones), ``options`` a :class:`MorphOptions` (``None`` =
 defaults) and ``generator`` the source of every random draw. ``op.exact`` says whether the
-operator is function preserving by construction with default options (its report then carries
-the modes in which it is, checked against ``options.tol``).
+operator is function preserving by construction with default options, in at least eval mode: its
+report's ``exact_modes`` lists the modes (checked against ``options.tol``), e.g. only ``eval`` for
+Net2DeeperNet with BatchNorm, whose calibration holds for the probe's statistics only.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from evoens_morph.init import InitScheme, draw, init_std
+from evoens_morph.init import InitScheme, draw, gaussian_noise, init_std
 
 Insert = tuple[int, int, torch.Tensor | None]  # (position in the volume, n new channels, copied channels)
 
@@ -117,7 +117,9 @@ class NetMorph(Scheme):
         return ("eval",) if self.zero_side == "producer" and has_bn else ("eval", "train")
 
     def _side(self, shape: tuple[int, ...], like: torch.Tensor, zero: bool) -> torch.Tensor:
-        return draw(shape, self.noise if zero else init_std(self.init, like), self.gen, like)
+        if zero:
+            return gaussian_noise(shape, self.noise, self.gen, like)  # the zero side: 0 + N(0, noise²)
+        return draw(shape, init_std(self.init, like), self.gen, like)
 
     def producer(self, w: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self._side((n, *w.shape[1:]), w, self.zero_side == "producer"), None
@@ -148,7 +150,7 @@ class Net2Net(Scheme):
         src = torch.randint(0, w.shape[0], (n,), generator=self.gen)
         rows = w.detach()[src.to(w.device)].clone()
         if self.noise > 0:  # symmetry breaking (spec pitfall 6: <= 5e-5 x std keeps it near-exact)
-            rows += draw(tuple(rows.shape), self.noise * float(w.detach().std()), self.gen, w)
+            rows += gaussian_noise(tuple(rows.shape), self.noise * float(w.detach().std()), self.gen, w)
         return rows, src
 
     def bias(self, b: torch.Tensor, n: int, src: torch.Tensor | None) -> torch.Tensor:
