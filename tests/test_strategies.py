@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from evoens.population import Population
-from evoens.strategies import STRATEGIES, _tiles, plan, tile_max
+from evoens.strategies import STRATEGIES, _tiles, cpu_tanh, plan, tile_max
 
 KINDS = STRATEGIES["grouped_conv"].kinds  # type: ignore[attr-defined]
 
@@ -70,3 +70,21 @@ def test_monotone_activation_runs_after_the_max_pool(act: nn.Module) -> None:
 def test_order_is_kept_where_it_matters(act: nn.Module, pool: nn.Module) -> None:
     template = nn.Sequential(nn.Conv2d(1, 2, 3), act, pool, nn.Flatten(), nn.Linear(2, 1))
     assert _kinds(template) == ["Conv2d", type(act).__name__, type(pool).__name__, "Flatten", "Linear"]
+
+
+def test_cpu_tanh_is_tanh_to_rounding() -> None:
+    h = torch.cat([torch.linspace(-20, 20, 100_001), torch.tensor([0.0, -0.0, float("inf"), -float("inf"), 1e-30])])
+    got, want = cpu_tanh(h), torch.tanh(h)
+    assert float((got - want).abs().max()) < 2.5e-7
+    assert torch.isnan(cpu_tanh(torch.tensor([float("nan")]))).all()
+    assert torch.equal(h, torch.cat([torch.linspace(-20, 20, 100_001), h[-5:]]))  # the input is not written
+
+
+def test_tanh_nets_keep_exact_autograd() -> None:
+    template = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    pop = Population.from_module(template, 2, generator=torch.Generator().manual_seed(3))
+    pop.flat.requires_grad_(True)
+    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(4))
+    (g,) = torch.autograd.grad(pop(x, strategy="bmm").sum(), pop.flat)
+    (g_ref,) = torch.autograd.grad(pop(x, strategy="loop").sum(), pop.flat)
+    torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-6)
