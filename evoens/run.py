@@ -109,21 +109,44 @@ def split_accuracy(population: Population, split: Split, chunk: int = 1024) -> t
     return hits / max(len(split.y), 1)
 
 
+def model_accuracy(model: nn.Module, split: Split, chunk: int = 1024) -> torch.Tensor:
+    """Eval-mode accuracy of one module on a whole split, in data chunks: a 0-d tensor."""
+    training = model.training
+    model.eval()
+    hits = torch.zeros((), device=split.x.device)
+    try:
+        with torch.no_grad():
+            for start in range(0, len(split.y), chunk):
+                x, y = split.x[start : start + chunk], split.y[start : start + chunk]
+                hits += (model(x).argmax(-1) == y).sum()
+    finally:
+        model.train(training)
+    return hits / max(len(split.y), 1)
+
+
 def candidate_accuracies(run: Run, completed: int) -> dict[str, Any]:
     """Validation and test accuracy of the trainer's candidates after ``completed`` generations;
     the one with the best validation accuracy (training accuracy when there is no validation
-    split) is selected. Memoized per ``completed``: the last generation's report and the final
-    summary share one evaluation."""
+    split) is selected. Candidates are the trainer's ``candidates()`` (flat parameter vectors of
+    the run's template) or, when it has one, its ``candidate_models()`` (modules). Memoized per
+    ``completed``: the last generation's report and the final summary share one evaluation."""
     cached = run.plugin_state.get("accuracy")
     if cached is not None and cached[0] == completed:
         return cached[1]
-    names, vectors = zip(*run.trainer.candidates().items())
-    population = Population(run.template, torch.stack(vectors), strategy=run.config.trainer.strategy)
     judge = run.data.val if len(run.data.val.y) else run.data.train
-    val = split_accuracy(population, judge)  # (K,)
-    pick = int(val.argmax())
-    test = split_accuracy(population.with_flat(population.flat[pick : pick + 1]), run.data.test)
-    found = {"selected": names[pick], "val_accuracy": float(val[pick]), "test_accuracy": float(test[0])}
+    models = getattr(run.trainer, "candidate_models", None)
+    if models is not None:  # members of different architectures (e.g. architecture search)
+        names, modules = zip(*models().items())
+        val = torch.stack([model_accuracy(m, judge) for m in modules])  # (K,)
+        pick = int(val.argmax())
+        test = model_accuracy(modules[pick], run.data.test)
+    else:
+        names, vectors = zip(*run.trainer.candidates().items())
+        population = Population(run.template, torch.stack(vectors), strategy=run.config.trainer.strategy)
+        val = split_accuracy(population, judge)  # (K,)
+        pick = int(val.argmax())
+        test = split_accuracy(population.with_flat(population.flat[pick : pick + 1]), run.data.test)[0]
+    found = {"selected": names[pick], "val_accuracy": float(val[pick]), "test_accuracy": float(test)}
     run.plugin_state["accuracy"] = (completed, found)
     return found
 

@@ -70,7 +70,7 @@ def test_offline_dataset_splits(name: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", _names("trainer"))
 def test_trainer_runs_and_reports(name: str, tmp_path: Path) -> None:
-    summary = run_inline(tiny_config(generations=2, trainer={"name": name}), tmp_path)
+    summary = run_inline(tiny_config(generations=2, trainer={"name": name}), tmp_path, entry_points=True)
     assert summary["generations"] == 2 and 0.0 <= summary["test_accuracy"] <= 1.0
 
 

@@ -192,7 +192,9 @@ Select = Callable[[Tensor, int], list[int]]
 Mutate = Callable[[FilterBank, Genome, torch.Generator, MutationConfig], Genome]
 
 
-def _batches(x: Tensor, y: Tensor, size: int, generator: torch.Generator) -> Batches:
+def batch_sampler(x: Tensor, y: Tensor, size: int, generator: torch.Generator) -> Batches:
+    """Minibatches of ``size`` examples drawn with replacement, from ``generator`` (on CPU)."""
+
     def draw() -> tuple[Tensor, Tensor]:
         idx = torch.randint(len(y), (size,), generator=generator).to(y.device)
         return x[idx], y[idx]
@@ -200,13 +202,34 @@ def _batches(x: Tensor, y: Tensor, size: int, generator: torch.Generator) -> Bat
     return draw
 
 
-def _select(
-    pop: list[Individual], select: Select, k: int, val: tuple[Tensor, Tensor], cfg: NEConfig
-) -> list[Individual]:
+def evaluate(pop: list[Individual], val: tuple[Tensor, Tensor], cfg: NEConfig) -> Tensor:
+    """The ``(M, N)`` correctness of every individual on ``val``; sets each one's ``val_accuracy``."""
     correct = correctness([p.model for p in pop], *val, batch_size=cfg.eval_batch, strategy=cfg.strategy)  # (M, N)
     for ind, row in zip(pop, correct.mean(1).tolist()):
         ind.val_accuracy = row
-    return [pop[i] for i in select(correct, k)]
+    return correct
+
+
+def _select(
+    pop: list[Individual], select: Select, k: int, val: tuple[Tensor, Tensor], cfg: NEConfig
+) -> list[Individual]:
+    return [pop[i] for i in select(evaluate(pop, val, cfg), k)]
+
+
+def refill(
+    bank: FilterBank, parents: list[Individual], cfg: NEConfig, gen: torch.Generator, mutate: Mutate, next_uid: int
+) -> tuple[list[Individual], int]:
+    """Algorithm 1's refill: the parents plus mutants of uniformly drawn parents up to ``cfg.population``
+    (App. C's learning-rate rule for each child); returns the population and the next free uid."""
+    pop = list(parents)
+    while len(pop) < cfg.population:
+        parent = parents[_uniform(len(parents), gen)]
+        child_genome = mutate(bank, parent.genome, gen, cfg.mutation)
+        child_params = num_params(GenomeNet(bank, child_genome))
+        lr, wd = inherited_hparams(parent.lr, parent.weight_decay, num_params(parent.model), child_params)
+        pop.append(make_individual(bank, child_genome, lr, wd, next_uid, parent.uid, amsgrad=cfg.amsgrad))
+        next_uid += 1
+    return pop, next_uid
 
 
 def train_base(train: tuple[Tensor, Tensor], config: NEConfig | None = None) -> tuple[FilterBank, Individual]:
@@ -225,7 +248,7 @@ def train_base(train: tuple[Tensor, Tensor], config: NEConfig | None = None) -> 
         num_classes=int(y.max()) + 1, generator=gen,
     )  # fmt: skip
     base = make_individual(bank, genome, cfg.lr, cfg.weight_decay, uid=0, amsgrad=cfg.amsgrad)
-    joint_train([base], cfg.initial_steps, _batches(x, y, cfg.batch_size, gen), gen)
+    joint_train([base], cfg.initial_steps, batch_sampler(x, y, cfg.batch_size, gen), gen)
     return bank, base
 
 
@@ -246,19 +269,12 @@ def neuroevolve(
     bank, base = copy.deepcopy(start) if start is not None else train_base(train, cfg)
     base_copy = copy.deepcopy(base.model).eval()
     gen = torch.Generator().manual_seed(cfg.seed + 1)  # the evolution's own stream, apart from the base's
-    batches = _batches(*train, cfg.batch_size, gen)
+    batches = batch_sampler(*train, cfg.batch_size, gen)
     pop, next_uid, history = [base], 1, []
     for it in range(cfg.iterations):
         start_s = time.perf_counter()
-        pop = _select(pop, select, cfg.select_k, val, cfg)
-        parents = list(pop)
-        while len(pop) < cfg.population:
-            parent = parents[_uniform(len(parents), gen)]
-            child_genome = mutate(bank, parent.genome, gen, cfg.mutation)
-            child_params = num_params(GenomeNet(bank, child_genome))
-            lr, wd = inherited_hparams(parent.lr, parent.weight_decay, num_params(parent.model), child_params)
-            pop.append(make_individual(bank, child_genome, lr, wd, next_uid, parent.uid, amsgrad=cfg.amsgrad))
-            next_uid += 1
+        parents = _select(pop, select, cfg.select_k, val, cfg)
+        pop, next_uid = refill(bank, parents, cfg, gen, mutate, next_uid)
         joint_train(pop, cfg.steps_per_iteration, batches, gen)
         bank.prune([p.genome for p in pop])
         history.append(
