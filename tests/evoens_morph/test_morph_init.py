@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-
 from evoens_morph.init import draw, gaussian_noise, init_std
 
 
