@@ -13,9 +13,11 @@ then score every member on the validation split; those accuracies are the genera
 Knobs: ``trainer.popsize`` (M), ``trainer.lr``, ``trainer.weight_decay``, ``data.batch_size`` and,
 in ``trainer.searcher_options``, the keys of :data:`OPTIONS`. Flat square inputs (digits' 64,
 MNIST's 784) are read as one-channel images. The members differ in architecture, so the trainer
-offers ``candidate_models()`` instead of flat vectors. Its checkpoint stores the filter bank as
-plain block descriptions with state dicts (loadable with ``weights_only=True``); a resumed run
-continues exactly and shared blocks stay shared.
+offers ``candidate_models()`` instead of flat vectors, and the hooks that take the flat ``(P, D)``
+population (``evoens_after_ask``, ``evoens_evaluate``) are not called; ``evoens_after_evaluate``
+and ``evoens_after_tell`` are, with the validation accuracies as fitness. Its checkpoint stores
+the filter bank as plain block descriptions with state dicts (loadable with ``weights_only=True``);
+a resumed run continues exactly and shared blocks stay shared.
 """
 
 from __future__ import annotations
