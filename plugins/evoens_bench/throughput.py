@@ -102,7 +102,7 @@ def _measure_cell(model: str, P: int, batch: int, device: torch.device, skip: di
                     }
                 )
                 continue
-            seconds = time_call(fn, device)
+            seconds = time_call(fn, device, repeats=5)
             skip[key] = seconds / P
             rows.append(
                 {
@@ -113,6 +113,7 @@ def _measure_cell(model: str, P: int, batch: int, device: torch.device, skip: di
                     "ms": seconds * 1e3,
                     "samples_per_s": P * batch / seconds,
                     "gflops": flops / seconds / 1e9,
+                    "note": f"chose {pop.last_strategy}" if name == "auto" else "",
                 }
             )
     return rows
@@ -135,18 +136,24 @@ def _targets(rows: list[dict]) -> list[str]:
     for row in rows:
         if row.get("ms"):
             cells.setdefault((row["model"], row["P"], row["batch"]), {})[row["strategy"]] = row
-    notes = ["## Targets", ""]
+    notes, agreed = ["## Targets", ""], 0
     for (model, P, batch), cell in sorted(cells.items()):
         ours = {k: v for k, v in cell.items() if k != "evotorch-SupervisedNE"}
         best = min(ours.values(), key=lambda r: r["ms"])
         auto = cell.get("auto")
         stock = cell.get("evotorch-SupervisedNE")
-        parts = [f"auto {auto['ms'] / best['ms']:.2f}x the best ({best['strategy']})" if auto else "no auto"]
+        parts = [
+            f"auto ({auto['note']}) {auto['ms'] / best['ms']:.2f}x the best ({best['strategy']})" if auto else "no auto"
+        ]
         if auto and stock:
             parts.append(f"{stock['ms'] / auto['ms']:.1f}x EvoTorch SupervisedNE")
         if auto and auto.get("x_loop"):
             parts.append(f"{auto['x_loop']:.1f}x loop, {auto['pct_peak']:.0f}% of sgemm peak")
         notes.append(f"- {model} P={P} batch={batch}: " + "; ".join(parts))
+        agreed += bool(auto) and best["strategy"] in ("auto", auto["note"].removeprefix("chose "))
+    timed = sum(1 for cell in cells.values() if "auto" in cell)
+    why = "it decides from one timing of each on the first call; a gap where it chose the same strategy is noise"
+    notes += ["", f"auto chose the strategy that was fastest here in {agreed} of {timed} cells ({why})."]
     return notes
 
 

@@ -119,3 +119,12 @@ def test_bad_options_are_one_line(tmp_path: Path, old: str, new: str, message: s
     with pytest.raises(ConfigError) as err:
         _trainer(tmp_path, CONFIG.replace(old, new))
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_example_config_runs(tmp_path: Path) -> None:
+    example = Path(__file__).parents[2] / "examples" / "r2r-ne-digits.toml"
+    fast = ["trainer.searcher_options.initial_steps=20", "trainer.searcher_options.steps_per_iteration=10"]
+    args = ["run", str(example), "--out", str(tmp_path / "run"), *sum((["--set", s] for s in fast), [])]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["generations"] == 4 and summary["final_stats"]["population"] == 6
