@@ -6,7 +6,8 @@ copy; ``params`` are ``(P, *shape)`` views of it keyed like the template's state
 runs every member through one strategy of ``evoens.strategies``: named, or ``"auto"``, which times the
 supported ones on the actual input once and caches the winner per (architecture, P, input shape,
 device, dtype, grad). Members run in chunks sized from an activation-memory budget
-(:mod:`evoens.memory`); a chunk that runs out of memory is halved, retried, and the smaller size
+(:mod:`evoens.memory`); when one member alone exceeds it, strategies whose layers never mix samples
+also split the batch. A chunk that runs out of memory is halved, retried, and the smaller size
 remembered. :func:`evoens.bench.benchmark_strategies` times every strategy. Pure torch, no pluggy.
 """
 
