@@ -26,6 +26,7 @@ MODELS: dict[str, tuple[tuple[int, ...], Any]] = {
     "mlp-784-64-10": ((784,), lambda: mlp((784,), 10, [64], "tanh")),
     "convnet-evojax": ((1, 28, 28), lambda: convnet((1, 28, 28), 10)),
 }
+STOCK = "evotorch-SupervisedNE"
 SLOW_SKIP_S = 20.0  # a strategy whose extrapolated time exceeds this is skipped for larger P
 
 
@@ -131,12 +132,67 @@ def _ratios(rows: list[dict], peak: float) -> None:
                 row["pct_peak"] = 100 * row["gflops"] / peak
 
 
-def _targets(rows: list[dict]) -> list[str]:
+def _cells(rows: list[dict]) -> dict[tuple, dict[str, dict]]:
     cells: dict[tuple, dict[str, dict]] = {}
     for row in rows:
         if row.get("ms"):
             cells.setdefault((row["model"], row["P"], row["batch"]), {})[row["strategy"]] = row
-    notes, agreed = ["## Targets", ""], 0
+    return cells
+
+
+def _label(cell: tuple) -> str:
+    return f"{cell[0]} P={cell[1]} batch={cell[2]}"
+
+
+def _verdicts(cells: dict[tuple, dict[str, dict]]) -> list[str]:
+    """The issue's four targets on this run: met or missed, by how much, and the measured reason."""
+    out = ["## Verdict on the targets", ""]
+    ratio = {
+        c: v["auto"]["ms"] / min(r["ms"] for k, r in v.items() if k != STOCK) for c, v in cells.items() if "auto" in v
+    }
+    slow = [f"{_label(c)} ({r:.2f}x, {cells[c]['auto']['note']})" for c, r in sorted(ratio.items()) if r > 1.1]
+    missed = f"; missed: {', '.join(slow)}" if slow else ""
+    out.append(f"- auto within 10% of the best strategy: {len(ratio) - len(slow)} of {len(ratio)} cells{missed}")
+    small = cells.get(("mlp-40-100-10", 256, 32), {}).get("auto", {})
+    if small.get("x_loop"):
+        verdict = "met" if small["x_loop"] >= 10 else "missed"
+        out.append(f"- >= 10x the loop, MLP 40-100-10 at P=256, batch 32: {small['x_loop']:.1f}x ({verdict})")
+    wide = {
+        c: v["auto"]["pct_peak"] for c, v in cells.items() if c[0] == "mlp-784-64-10" and c[2] >= 256 and "auto" in v
+    }
+    if wide:
+        low = [f"{_label(c)} ({p:.0f}%)" for c, p in sorted(wide.items()) if p < 60]
+        below = f"; below: {', '.join(low)}" if low else ""
+        span = f"{min(wide.values()):.0f}-{max(wide.values()):.0f}%"
+        out.append(
+            f"- >= 60% of sgemm peak, MLP 784-64-10 at batch >= 256: "
+            f"{len(wide) - len(low)} of {len(wide)} cells, {span}{below}"
+        )
+    return out + _stock_verdict(cells)
+
+
+def _stock_verdict(cells: dict[tuple, dict[str, dict]]) -> list[str]:
+    mlps = {c: v for c, v in cells.items() if c[0].startswith("mlp") and "auto" in v and STOCK in v}
+    missed = {c: v for c, v in mlps.items() if v[STOCK]["ms"] / v["auto"]["ms"] < 5}
+    line = f"- >= 5x EvoTorch SupervisedNE in every MLP cell: {len(mlps) - len(missed)} of {len(mlps)} cells"
+    if not missed:
+        return [line + " (met)"]
+    need = [5 * v[STOCK]["pct_peak"] for v in missed.values()]
+    ours = [v["auto"]["pct_peak"] for v in missed.values()]
+    gains = [v[STOCK]["ms"] / v["auto"]["ms"] for v in missed.values()]
+    batches = ", ".join(map(str, sorted({c[2] for c in missed})))
+    return [
+        f"{line}; missed in {len(missed)} (batch {batches}) with {min(gains):.1f}-{max(gains):.1f}x. At these "
+        f"batches the stock path's per-solution GEMMs are big enough to be efficient: 5x would need "
+        f"{min(need):.0f}-{max(need):.0f}% of the sgemm peak, while the batched forward reaches "
+        f"{min(ours):.0f}-{max(ours):.0f}% in those cells (about half the peak on the 40-100-10 MLP's thin "
+        "layers, near 90% on the 784-64-10 one): the gap is bounded by GEMM speed, not by Python overhead."
+    ]
+
+
+def _targets(rows: list[dict]) -> list[str]:
+    cells = _cells(rows)
+    notes, agreed = [*_verdicts(cells), "", "## Per cell", ""], 0
     for (model, P, batch), cell in sorted(cells.items()):
         ours = {k: v for k, v in cell.items() if k != "evotorch-SupervisedNE"}
         best = min(ours.values(), key=lambda r: r["ms"])
