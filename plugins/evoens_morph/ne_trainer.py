@@ -108,6 +108,7 @@ class NETrainer:
         if select not in SELECT:
             raise ConfigError(f"trainer.searcher_options.select = {select!r}: use one of {', '.join(SELECT)}")
         self.cfg, self.select, self.hooks, self.image = cfg, SELECT[select], hooks, image
+        self.flat_inputs = train[0].dim() == 2  # the run's data is (N, C*H*W): candidates unflatten it
         self.train = (train[0].reshape(-1, *image), train[1])  # (N, C, H, H)
         self.val = (val[0].reshape(-1, *image), val[1])
         self.bank: FilterBank | None = None
@@ -137,7 +138,9 @@ class NETrainer:
         return stats
 
     def candidate_models(self) -> dict[str, nn.Module]:
-        """Every member, reading the run's inputs as images: ``{"ne3": module}`` (uid 3)."""
+        """Every member, taking the run's inputs as they come: ``{"ne3": module}`` (uid 3)."""
+        if not self.flat_inputs:
+            return {f"ne{ind.uid}": ind.model for ind in self.pop}
         return {f"ne{ind.uid}": nn.Sequential(nn.Unflatten(1, self.image), ind.model) for ind in self.pop}
 
     def state_dict(self) -> dict[str, Any]:

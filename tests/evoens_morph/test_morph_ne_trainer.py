@@ -128,3 +128,26 @@ def test_the_example_config_runs(tmp_path: Path) -> None:
     assert main(args) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["generations"] == 4 and summary["final_stats"]["population"] == 6
+
+
+class _Hooks:
+    def after_evaluate(self, fitness: torch.Tensor) -> dict:
+        return {}
+
+    def after_tell(self, stats: dict) -> dict:
+        return {}
+
+
+@pytest.mark.parametrize("flat", [True, False])
+def test_candidates_take_the_runs_inputs_as_they_come(flat: bool) -> None:
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 1, 8, 8, generator=g), torch.randint(3, (64,), generator=g)
+    data = x.flatten(1) if flat else x  # digits-like (N, 64) or MNIST-like (N, 1, 8, 8)
+    cfg = NEConfig(initial_steps=3, steps_per_iteration=2, select_k=1, population=2, widths=(4,), batch_size=16)
+    trainer = NETrainer(cfg, "best", (data, y), (data, y), (1, 8, 8), _Hooks())
+    trainer.step(0)
+    trainer.step(1)
+    models = trainer.candidate_models()
+    assert len(models) == 2
+    for model in models.values():
+        assert model(data[:5]).shape == (5, 3)
