@@ -40,7 +40,7 @@ class MorphOptions:
     mfactor: int = 2
     init: InitScheme = "match_std_exact"
     noise: float | None = None
-    zero_side: str = "consumer"
+    zero_side: str = "auto"  # NetMorph: "auto" (R2R code's rule), "consumer" or "producer"
     hidden: int | None = None
     kernel: int = 3
     bn: bool = True

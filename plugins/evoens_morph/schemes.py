@@ -4,7 +4,8 @@
   equal across halves (γ, β = means of the old ones, running stats 0/1). Old tensors untouched.
 * random pad: as R2WiderR with consumer [W', V, +V] (the halves do not cancel): the baseline.
 * NetMorph (Wei et al., ICML 2016, as in the R2R code): the new incoming consumer weights (or the
-  new producer filters) are zero plus 1e-6 Gaussian noise, the other side free.
+  new producer filters) are zero plus 1e-6 Gaussian noise, the other side free; which side is
+  zero is chosen by :func:`evoens_morph.widen.netmorph_zero_side` unless given.
 * Net2WiderNet (Chen, Goodfellow, Shlens, ICLR 2016): new channels copy random old channels g(j)
   (filters, bias, BN entries); consumer columns of a copied channel are divided by its count.
 All tensors are seen as (out, in, kh, kw): Linear as 1x1, a Linear after a flatten as (out, C, H·W, 1).

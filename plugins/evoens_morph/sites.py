@@ -45,6 +45,7 @@ class Site:
     add_producers: list[tuple[str, int | None]] = field(default_factory=list)
     skip_sources: list[str] = field(default_factory=list)
     skip_dests: list[str] = field(default_factory=list)
+    pooled: bool = False  # a pooling layer sits between the producers and a consumer
 
     @property
     def has_residual(self) -> bool:
@@ -107,6 +108,7 @@ class _Walker:
             vol.add_producers.append((f"{path}.conv2", 0 if len(vol.producers) == 1 else None))
             return vol
         if isinstance(module, PASS_THROUGH):
+            vol.pooled |= isinstance(module, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d))
             return vol
         raise MorphError(
             f"module '{path}' ({type(module).__name__}) is unknown to the site walker; build the model from "

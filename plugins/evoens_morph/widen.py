@@ -146,7 +146,7 @@ def widen(
     mfactor: int = 2,
     init: InitScheme = "match_std_exact",
     noise: float | None = None,
-    zero_side: str = "consumer",
+    zero_side: str = "auto",
     probe: torch.Tensor | None = None,
     tol: float = DEFAULT_TOL,
     check: bool = True,
@@ -157,14 +157,17 @@ def widen(
     Every producer slice of the volume ``site`` gets ``amount`` (or ``factor``-based) new channels.
     ``noise``: Net2Net symmetry-breaking noise as a fraction of the producer's std (default 0);
     NetMorph's absolute std on its "zero" side (default 1e-6). Either makes the scheme near-exact
-    only (no self-check).
+    only (no self-check). ``zero_side``: NetMorph's zero side, ``"consumer"``, ``"producer"`` or
+    ``"auto"`` (:func:`netmorph_zero_side`).
     """
     if scheme not in SCHEMES:
         raise MorphError(f"unknown widening scheme '{scheme}'; use one of {', '.join(SCHEMES)}")
-    options = {"zero_side": zero_side} if scheme == "netmorph" else {}
-    rule = SCHEMES[scheme](init, noise, generator, **options)
     new = copy.deepcopy(model)
     s = get_site(new, site)
+    if scheme == "netmorph" and zero_side == "auto":
+        zero_side = netmorph_zero_side(new, s, amount=amount, factor=factor, mfactor=mfactor)
+    options = {"zero_side": zero_side} if scheme == "netmorph" else {}
+    rule = SCHEMES[scheme](init, noise, generator, **options)
     if scheme == "net2net" and (s.skip_sources or s.skip_dests):
         raise MorphError(
             f"Net2WiderNet has no clean residual version (R2R paper §5.2): site '{site}' feeds or ends a skip; "
@@ -204,6 +207,23 @@ def widen(
         tol=tol,
         check=check,
     )
+
+
+def netmorph_zero_side(model: nn.Module, s: Site, *, amount: int | None, factor: float | None, mfactor: int) -> str:
+    """NetMorph's zero side as in the R2R code: the producer when the volume feeds a skip or a
+    pooling layer, else whichever side gets fewer new weights."""
+    if s.has_residual or s.pooled:
+        return "producer"
+    producer_new, channels, added = 0, 0, 0
+    for path in s.producers:
+        module = model.get_submodule(path)
+        c = out_channels(module)
+        n = new_channels(c, amount=amount, factor=factor, mfactor=mfactor, even=False)
+        producer_new += n * (module.weight.numel() // c)  # n new filters of the producer's size
+        channels, added = channels + c, added + n
+    # A consumer's weight per input channel: out x kh x kw (x H*W for a Linear after a flatten).
+    consumer_new = sum(model.get_submodule(p).weight.numel() // channels * added for p in s.consumers)
+    return "producer" if producer_new < consumer_new else "consumer"
 
 
 def _starts(inserts: list[Insert]) -> list[int]:
