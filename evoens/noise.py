@@ -129,7 +129,8 @@ def _table_class(base: type, size: int) -> type:
 def use_noise_table(searcher: Any, size: int = DEFAULT_TABLE_SIZE) -> Any:
     """Make ``searcher`` (EvoTorch SNES, PGPE or CEM) sample from the shared noise table.
 
-    The distribution is swapped for a subclass that differs only in ``_fill``; EvoTorch's
+    The distribution is swapped for a subclass that differs only in ``_fill`` (sampling) and, for
+    SNES and PGPE, in ``_compute_gradients`` (the same formulas in row chunks); EvoTorch's
     ``modified_copy`` keeps the class across updates. Returns ``searcher``.
     """
     dist: Distribution = searcher._distribution

@@ -7,6 +7,7 @@ branch per dataset, model, trainer or searcher.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,29 +100,26 @@ def restore_run(run: Run, state: dict[str, Any]) -> None:
     run.best_fitness = state["best_fitness"]
 
 
-def split_accuracy(population: Population, split: Split, chunk: int = 1024) -> torch.Tensor:
-    """Accuracy of every member on a whole split, in data chunks to bound memory: ``(P,)``."""
-    hits = torch.zeros(population.size, device=split.x.device)
+def split_accuracy(forward: Callable[[torch.Tensor], torch.Tensor], split: Split, chunk: int = 1024) -> torch.Tensor:
+    """Accuracy of every member on a whole split, in data chunks to bound memory: ``(P,)``.
+
+    ``forward`` maps a data chunk ``(B, ...)`` to ``(P, B, C)`` logits (a Population does)."""
+    hits = torch.zeros((), device=split.x.device)
     with torch.no_grad():
         for start in range(0, len(split.y), chunk):
             x, y = split.x[start : start + chunk], split.y[start : start + chunk]
-            hits += accuracy(population(x), y) * len(y)  # (P,)
+            hits = hits + accuracy(forward(x), y) * len(y)  # (P,)
     return hits / max(len(split.y), 1)
 
 
 def model_accuracy(model: nn.Module, split: Split, chunk: int = 1024) -> torch.Tensor:
-    """Eval-mode accuracy of one module on a whole split, in data chunks: a 0-d tensor."""
+    """Eval-mode accuracy of one module on a whole split: a 0-d tensor."""
     training = model.training
     model.eval()
-    hits = torch.zeros((), device=split.x.device)
     try:
-        with torch.no_grad():
-            for start in range(0, len(split.y), chunk):
-                x, y = split.x[start : start + chunk], split.y[start : start + chunk]
-                hits += (model(x).argmax(-1) == y).sum()
+        return split_accuracy(lambda x: model(x).unsqueeze(0), split, chunk)[0]  # (1, B, C) logits
     finally:
         model.train(training)
-    return hits / max(len(split.y), 1)
 
 
 def candidate_accuracies(run: Run, completed: int) -> dict[str, Any]:
