@@ -22,8 +22,23 @@ def _targets_for(outputs: torch.Tensor, targets: torch.Tensor, per_sample_dims: 
     return targets
 
 
+def _check_targets(name: str, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+    """Targets must be shared ``outputs.shape[1:]`` or per member ``outputs.shape``: anything else
+    (``(P, B, 1)`` outputs with ``(B,)`` targets) would broadcast to a wrong loss without an error."""
+    if targets.shape not in (outputs.shape[1:], outputs.shape):
+        raise ValueError(
+            f"{name}: targets of shape {tuple(targets.shape)} do not match predictions of shape "
+            f"{tuple(outputs.shape[1:])} per member; reshape the targets to the model's output shape"
+        )
+
+
 def neg_cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Minus the mean cross-entropy of each member: ``(P, B, C), (B,) -> (P,)``."""
+    if outputs.dim() != 3 or targets.shape not in (outputs.shape[1:2], outputs.shape[:2]):
+        raise ValueError(
+            f"cross-entropy needs logits (P, B, C) and integer labels (B,) or (P, B), got {tuple(outputs.shape)} "
+            f"and {tuple(targets.shape)}"
+        )
     p, b, c = outputs.shape
     y = _targets_for(outputs, targets, 0).reshape(p * b)  # (P*B,)
     loss = F.cross_entropy(outputs.reshape(p * b, c), y, reduction="none")  # (P*B,)
@@ -38,6 +53,7 @@ def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def neg_mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Minus the mean squared error of each member for regression targets ``(B, ...)``."""
+    _check_targets("mse", outputs, targets)
     diff = outputs - _targets_for(outputs, targets, outputs.dim() - 2).to(outputs.dtype)  # (P, B, ...)
     return -diff.pow(2).flatten(1).mean(dim=1)  # (P,)
 

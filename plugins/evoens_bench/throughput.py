@@ -86,7 +86,7 @@ def _measure_cell(model: str, P: int, batch: int, device: torch.device, skip: di
         n: (lambda n=n: pop(x, strategy=n)) for n, s in STRATEGIES.items() if s.supports(template)
     }
     runners["auto"] = lambda: pop(x)
-    runners["evotorch-SupervisedNE"] = stock_supervised_ne(template, x, pop.flat)
+    runners[STOCK] = stock_supervised_ne(template, x, pop.flat)
     rows = []
     with torch.no_grad():
         for name, fn in runners.items():
@@ -194,10 +194,10 @@ def _targets(rows: list[dict]) -> list[str]:
     cells = _cells(rows)
     notes, agreed = [*_verdicts(cells), "", "## Per cell", ""], 0
     for (model, P, batch), cell in sorted(cells.items()):
-        ours = {k: v for k, v in cell.items() if k != "evotorch-SupervisedNE"}
+        ours = {k: v for k, v in cell.items() if k != STOCK}
         best = min(ours.values(), key=lambda r: r["ms"])
         auto = cell.get("auto")
-        stock = cell.get("evotorch-SupervisedNE")
+        stock = cell.get(STOCK)
         parts = [
             f"auto ({auto['note']}) {auto['ms'] / best['ms']:.2f}x the best ({best['strategy']})" if auto else "no auto"
         ]

@@ -18,13 +18,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from evoens.population import Population
+from evoens.fitness import neg_cross_entropy, neg_mse
+from evoens.population import ParamSlot, Population
 from evoens_binary.layers import use_ste
 from evoens_binary.ops import STE
 
@@ -32,32 +32,16 @@ LossFn = Callable[[Tensor, Tensor], Tensor]  # (P, B, ...) predictions, (B, ...)
 
 
 def mse_loss(pred: Tensor, target: Tensor) -> Tensor:
-    """Mean squared error per member: ``(P, B, ...)`` vs ``(B, ...)`` -> ``(P,)``."""
-    if pred.shape[1:] != target.shape:
-        # (P, B, 1) - (B,) would broadcast to (P, B, B) and give a wrong loss without any error
-        raise ValueError(
-            f"mse_loss: targets of shape {tuple(target.shape)} do not match predictions of shape "
-            f"{tuple(pred.shape[1:])} per member; reshape the targets to the model's output shape"
-        )
-    return (pred - target).pow(2).flatten(1).mean(1)  # (P,)
+    """Mean squared error per member: ``(P, B, ...)`` vs ``(B, ...)`` -> ``(P,)`` (refuses broadcasts)."""
+    return -neg_mse(pred, target)
 
 
 def cross_entropy_loss(pred: Tensor, target: Tensor) -> Tensor:
     """Mean cross-entropy per member: logits ``(P, B, C)``, labels ``(B,)`` -> ``(P,)``."""
-    if pred.dim() != 3 or target.shape != pred.shape[1:2]:
-        raise ValueError(
-            f"cross_entropy_loss: needs logits (P, B, C) and integer labels (B,), got {tuple(pred.shape)} "
-            f"and {tuple(target.shape)}"
-        )
-    logp = pred.log_softmax(-1)  # (P, B, C)
-    return -logp.gather(-1, target.expand(pred.shape[0], -1).unsqueeze(-1)).squeeze(-1).mean(1)  # (P,)
+    return -neg_cross_entropy(pred, target)
 
 
-class Slot(NamedTuple):
-    name: str
-    shape: torch.Size
-    offset: int
-    numel: int
+Slot = ParamSlot  # where each selected parameter lies in the flat vector
 
 
 def _slots(params: Mapping[str, Tensor]) -> list[Slot]:
@@ -156,10 +140,16 @@ class ModelObjective(Objective):
         return self.loss_fn(functional_call(self.model, params, (self.x,)).unsqueeze(0), self.y)[0]
 
     def _losses(self, rows: Tensor) -> Tensor:
-        flat = self._base.expand(rows.shape[0], -1).clone()  # (c, D)
-        flat[:, self._cols] = rows
+        if self._cols.numel() == self._base.numel():
+            flat = rows  # every parameter is searched: the rows are whole flat vectors, (c, D)
+        else:
+            flat = self._base.expand(rows.shape[0], -1).clone()  # (c, D)
+            flat[:, self._cols] = rows
         pop = Population(self.model, flat, strategy=self.strategy)
-        return self.loss_fn(pop(self.x, per_member=False), self.y)  # (c,)
+        losses = self.loss_fn(pop(self.x, per_member=False), self.y)  # (c,)
+        # "auto" decides once: its cache is keyed by P, so every new chunk size would time again.
+        self.strategy = pop.last_strategy or self.strategy
+        return losses
 
     def surrogate(self, estimator: STE) -> AbstractContextManager[object]:
         return use_ste(self.model, estimator)

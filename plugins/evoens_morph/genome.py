@@ -153,6 +153,65 @@ class FilterBank:
     def __len__(self) -> int:
         return sum(len(b) for b in self.blocks.values())
 
+    def state_dict(self) -> dict[str, object]:
+        """The bank as plain data (``torch.load(weights_only=True)``-safe): layer specs, id counters,
+        and each block as its constructor arguments plus its state dict."""
+        return {
+            "input_shape": list(self.input_shape or ()),
+            "next_layer": self._next_layer,
+            "layers": [
+                [lid, spec.kind, spec.in_channels, spec.out_channels, self._next_block[lid]]
+                for lid, spec in self.specs.items()
+            ],
+            "blocks": [
+                [lid, bid, _describe(m), m.state_dict()]
+                for lid, blocks in self.blocks.items()
+                for bid, m in blocks.items()
+            ],
+        }
+
+    @classmethod
+    def from_state(cls, state: dict, device: torch.device | str = "cpu") -> FilterBank:
+        """The bank :meth:`state_dict` describes, on ``device``."""
+        bank = cls(device)
+        bank.input_shape = tuple(state["input_shape"]) or None
+        bank._next_layer = state["next_layer"]
+        for lid, kind, cin, cout, next_block in state["layers"]:
+            bank.specs[lid], bank.blocks[lid], bank._next_block[lid] = LayerSpec(kind, cin, cout), {}, next_block
+        for lid, bid, desc, weights in state["blocks"]:
+            module = _build(desc)
+            module.load_state_dict(weights)
+            bank.blocks[lid][bid] = module.to(bank.device)
+        return bank
+
+
+def dense_head(features: int, hidden: int, classes: int) -> nn.Sequential:
+    """The genome's head block: Flatten -> Linear -> ReLU -> Linear."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, classes))
+
+
+def _describe(module: nn.Module) -> list[object]:
+    """Constructor arguments of a bank block, as plain data."""
+    if isinstance(module, R2RBlock):
+        conv, reduce = module.conv, module.reduce
+        return ["r2r", conv.in_channels, conv.out_channels, reduce.out_channels, module.kernel_size]
+    if isinstance(module, nn.MaxPool2d):
+        return ["maxpool", module.kernel_size]
+    if isinstance(module, nn.Sequential) and [type(m) for m in module] == [nn.Flatten, nn.Linear, nn.ReLU, nn.Linear]:
+        return ["head", module[1].in_features, module[1].out_features, module[3].out_features]
+    raise ValueError(f"FilterBank.state_dict: cannot describe block {type(module).__name__}")
+
+
+def _build(desc: list) -> nn.Module:
+    kind, *args = desc
+    if kind == "r2r":
+        return R2RBlock(*args, zero_init=False)  # weights come from the state dict
+    if kind == "maxpool":
+        return nn.MaxPool2d(args[0])
+    if kind == "head":
+        return dense_head(*args)
+    raise ValueError(f"FilterBank.from_state: unknown block kind {kind!r}")
+
 
 class GenomeLayer(nn.Module):
     """One layer of a genome: ``pad(x) + sum_b z_b(x)`` (residual) or ``sum_b z_b(x)`` (plain)."""
@@ -241,9 +300,7 @@ def base_genome(
         channels, size = width, size // 2
     if size < 1:
         raise ValueError(f"base_genome: {len(widths)} poolings do not fit a {image_size}x{image_size} input")
-    head = nn.Sequential(
-        nn.Flatten(), nn.Linear(channels * size * size, fc_hidden), nn.ReLU(), nn.Linear(fc_hidden, num_classes)
-    )
+    head = dense_head(channels * size * size, fc_hidden, num_classes)
     with torch.no_grad():
         for m in head:
             if isinstance(m, nn.Linear):

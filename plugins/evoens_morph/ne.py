@@ -232,6 +232,20 @@ def refill(
     return pop, next_uid
 
 
+def iterate(
+    bank: FilterBank, pop: list[Individual], correct: Tensor, cfg: NEConfig, gen: torch.Generator,
+    batches: Batches, select: Select, mutate: Mutate, next_uid: int,
+) -> tuple[list[Individual], list[Individual], int]:  # fmt: skip
+    """One iteration of Algorithm 1 from the population's ``(M, N)`` validation correctness:
+    select, refill with mutants, train jointly, prune the bank. Returns (parents, population,
+    next free uid)."""
+    parents = [pop[i] for i in select(correct, cfg.select_k)]
+    pop, next_uid = refill(bank, parents, cfg, gen, mutate, next_uid)
+    joint_train(pop, cfg.steps_per_iteration, batches, gen)
+    bank.prune([p.genome for p in pop])
+    return parents, pop, next_uid
+
+
 def train_base(train: tuple[Tensor, Tensor], config: NEConfig | None = None) -> tuple[FilterBank, Individual]:
     """Algorithm 1, line 1: the base network (:func:`base_genome`) trained for ``N_i`` steps."""
     cfg = config or NEConfig()
@@ -273,10 +287,9 @@ def neuroevolve(
     pop, next_uid, history = [base], 1, []
     for it in range(cfg.iterations):
         start_s = time.perf_counter()
-        parents = _select(pop, select, cfg.select_k, val, cfg)
-        pop, next_uid = refill(bank, parents, cfg, gen, mutate, next_uid)
-        joint_train(pop, cfg.steps_per_iteration, batches, gen)
-        bank.prune([p.genome for p in pop])
+        parents, pop, next_uid = iterate(
+            bank, pop, evaluate(pop, val, cfg), cfg, gen, batches, select, mutate, next_uid
+        )
         history.append(
             {"iteration": it, "population": len(pop), "best_parent_val": parents[0].val_accuracy,
              "wall_s": time.perf_counter() - start_s}

@@ -30,18 +30,17 @@ from torch import Tensor, nn
 
 from evoens.config import ConfigError
 from evoens.fitness import fitness_stats
-from evoens_morph.genome import FilterBank, Gene, LayerSpec, R2RBlock
+from evoens_morph.genome import FilterBank, Gene
 from evoens_morph.ne import (
     Individual,
     MutationConfig,
     NEConfig,
     batch_sampler,
     evaluate,
-    joint_train,
+    iterate,
     make_individual,
     mutate,
     num_params,
-    refill,
     train_base,
 )
 from evoens_morph.select import select_best, select_diverse
@@ -124,10 +123,9 @@ class NETrainer:
             self.pop = [base]
         else:
             assert self.correct is not None
-            parents = [self.pop[i] for i in self.select(self.correct, self.cfg.select_k)]
-            self.pop, self.next_uid = refill(self.bank, parents, self.cfg, self.gen, mutate, self.next_uid)
-            joint_train(self.pop, self.cfg.steps_per_iteration, self.batches, self.gen)
-            self.bank.prune([p.genome for p in self.pop])
+            _, self.pop, self.next_uid = iterate(
+                self.bank, self.pop, self.correct, self.cfg, self.gen, self.batches, self.select, mutate, self.next_uid
+            )
         self.correct = evaluate(self.pop, self.val, self.cfg)
         fitness = self.correct.mean(1)  # (M,) validation accuracy
         extras = self.hooks.after_evaluate(fitness)
@@ -145,7 +143,7 @@ class NETrainer:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "bank": None if self.bank is None else bank_state(self.bank),
+            "bank": None if self.bank is None else self.bank.state_dict(),
             "population": [individual_state(ind) for ind in self.pop],
             "correct": self.correct,
             "next_uid": self.next_uid,
@@ -155,63 +153,11 @@ class NETrainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.gen.set_state(state["generator"])
         self.next_uid, self.correct = state["next_uid"], state["correct"]
-        self.bank = None if state["bank"] is None else load_bank(state["bank"], self.train[0].device)
+        self.bank = None if state["bank"] is None else FilterBank.from_state(state["bank"], self.train[0].device)
         self.pop = [load_individual(self.bank, s, self.cfg.amsgrad) for s in state["population"]]  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------ checkpoint form (plain data)
-
-
-def _describe(module: nn.Module) -> list[Any]:
-    """Constructor arguments of a bank block, as plain data."""
-    if isinstance(module, R2RBlock):
-        conv, reduce = module.conv, module.reduce
-        return ["r2r", conv.in_channels, conv.out_channels, reduce.out_channels, module.kernel_size]
-    if isinstance(module, nn.MaxPool2d):
-        return ["maxpool", module.kernel_size]
-    linears = [m for m in module.modules() if isinstance(m, nn.Linear)] if isinstance(module, nn.Sequential) else []
-    if len(linears) == 2 and len(module) == 4:
-        return ["head", linears[0].in_features, linears[0].out_features, linears[1].out_features]
-    raise ValueError(f"r2r-ne checkpoint: cannot describe bank block {type(module).__name__}")
-
-
-def _build(desc: list[Any]) -> nn.Module:
-    kind, *args = desc
-    if kind == "r2r":
-        return R2RBlock(*args, zero_init=False)  # weights come from the state dict
-    if kind == "maxpool":
-        return nn.MaxPool2d(args[0])
-    if kind == "head":
-        a, b, c = args
-        return nn.Sequential(nn.Flatten(), nn.Linear(a, b), nn.ReLU(), nn.Linear(b, c))
-    raise ValueError(f"r2r-ne checkpoint: unknown block kind {kind!r}")
-
-
-def bank_state(bank: FilterBank) -> dict[str, Any]:
-    return {
-        "input_shape": list(bank.input_shape or ()),
-        "next_layer": bank._next_layer,
-        "layers": [
-            [lid, spec.kind, spec.in_channels, spec.out_channels, bank._next_block[lid]]
-            for lid, spec in bank.specs.items()
-        ],
-        "blocks": [
-            [lid, bid, _describe(m), m.state_dict()] for lid, blocks in bank.blocks.items() for bid, m in blocks.items()
-        ],
-    }
-
-
-def load_bank(state: dict[str, Any], device: torch.device) -> FilterBank:
-    bank = FilterBank(device)
-    bank.input_shape = tuple(state["input_shape"]) or None
-    bank._next_layer = state["next_layer"]
-    for lid, kind, cin, cout, next_block in state["layers"]:
-        bank.specs[lid], bank.blocks[lid], bank._next_block[lid] = LayerSpec(kind, cin, cout), {}, next_block
-    for lid, bid, desc, weights in state["blocks"]:
-        module = _build(desc)
-        module.load_state_dict(weights)
-        bank.blocks[lid][bid] = module.to(device)
-    return bank
 
 
 def individual_state(ind: Individual) -> dict[str, Any]:
