@@ -78,3 +78,15 @@ def test_trainer_runs_and_reports(name: str, tmp_path: Path) -> None:
 def test_reporter_writes_and_closes(name: str, tmp_path: Path) -> None:
     summary = run_inline(tiny_config(generations=2, reporters=[name]), tmp_path)
     assert "reporter_errors" not in summary
+
+
+def test_fitness_refuses_targets_that_would_broadcast() -> None:
+    from evoens.fitness import neg_cross_entropy, neg_mse
+
+    pred = torch.zeros(2, 5, 1)
+    with pytest.raises(ValueError, match=r"targets of shape \(5,\) do not match"):
+        neg_mse(pred, torch.zeros(5))  # (P, B, 1) - (B,) would be (P, B, B)
+    assert neg_mse(pred, torch.ones(5, 1)).tolist() == [-1.0, -1.0]
+    assert neg_mse(pred, torch.ones(2, 5, 1)).tolist() == [-1.0, -1.0]  # per-member targets
+    with pytest.raises(ValueError, match="integer labels"):
+        neg_cross_entropy(torch.zeros(2, 5, 3), torch.zeros(5, 1, dtype=torch.long))
