@@ -28,7 +28,7 @@ setup(
     package_dir={name: f"plugins/{name}" for name in PLUGIN_PACKAGES if "." not in name},
     install_requires=[
         "torch>=2.2",
-        "evotorch>=0.6",
+        "evotorch>=0.6,<0.7",
         "pluggy>=1.5",
         "numpy>=1.24",
         "scipy>=1.10",
