@@ -22,34 +22,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from evoens import _evotorch_compat as compat
 from evoens.errors import UserError
 
 log = logging.getLogger("evoens")
 FORMAT = 1
-SKIP = {
-    "_problem",
-    "problem",
-    "template",
-    "fitness_fn",
-    "evaluator",
-    "_step",
-    "DISTRIBUTION_TYPE",
-    "_LazyReporter__getters",
-    "_LazyReporter__computed",
-    "_first_step_datetime",
-    "_actors",
-    "_actor_pool",
-}
+SKIP = {"problem", "template", "fitness_fn", "evaluator", *compat.SKIP_ATTRIBS}
+"""Attributes never walked: evoens's own links and callables, and EvoTorch's (see the compat module)."""
 
 
 class CheckpointError(UserError):
     """A checkpoint that cannot be used (one line: the file and what is wrong)."""
-
-
-def _own(value: Any) -> bool:
-    """EvoTorch objects (subclasses included, e.g. evoens.noise's distributions) are walked."""
-    evotorch_class = any(cls.__module__.split(".")[0] == "evotorch" for cls in type(value).__mro__)
-    return evotorch_class and hasattr(value, "__dict__")
 
 
 def _capture(value: Any) -> Any:
@@ -71,7 +54,7 @@ def _capture(value: Any) -> Any:
         return {k: _capture(v) for k, v in value.items() if isinstance(k, str)}
     if isinstance(value, (list, tuple)):
         return [_capture(v) for v in value]
-    if _own(value) and type(value).__name__ != "Hook":
+    if compat.is_evotorch_object(value) and not compat.is_hook(value):
         return {"__object__": object_state(value)}
     return {"__skipped__": True}
 
@@ -121,9 +104,7 @@ def restore_object(obj: Any, state: dict[str, Any]) -> None:
     """Write :func:`object_state` back into an object of the same structure."""
     for key, saved in state.items():
         setattr(obj, key, _restore(getattr(obj, key, None), saved))
-    computed = getattr(obj, "_LazyReporter__computed", None)
-    if isinstance(computed, dict):
-        computed.clear()  # EvoTorch's status cache: recomputed from the restored state
+    compat.clear_status_cache(obj)  # EvoTorch's status cache: recomputed from the restored state
 
 
 def rng_state() -> dict[str, Any]:

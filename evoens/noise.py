@@ -22,7 +22,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from evotorch.distributions import Distribution, ExpSeparableGaussian, SymmetricSeparableGaussian
+from evotorch.distributions import ExpSeparableGaussian, SymmetricSeparableGaussian
+
+from evoens import _evotorch_compat as compat
 
 __all__ = ["DEFAULT_TABLE_SIZE", "noise_table", "table_rows", "use_noise_table"]
 
@@ -49,20 +51,18 @@ def table_rows(table: torch.Tensor, rows: int, width: int, generator: torch.Gene
     return windows[offsets]  # (rows, width): one gather
 
 
-def _torch_generator(generator: Any) -> torch.Generator | None:
-    """EvoTorch passes the Problem as ``generator``; its ``.generator`` is the torch one."""
-    return getattr(generator, "generator", generator)
-
-
 class _TableFill:
-    """Mixin over an EvoTorch separable Gaussian: ``_fill`` gathers from the noise table."""
+    """Mixin over an EvoTorch separable Gaussian: ``_fill`` gathers from the noise table.
+
+    Both methods override EvoTorch privates (:data:`evoens._evotorch_compat.DISTRIBUTION_HOOKS`).
+    """
 
     table_size: int  # set per generated class (see _table_class)
 
     def _fill(self, out: torch.Tensor, *, generator: Any = None) -> None:
         mu, sigma = self.parameters["mu"], self.parameters["sigma"]  # (D,), (D,)
         table = noise_table(max(self.table_size, 64 * out.shape[1]), out.device, out.dtype)
-        gen = _torch_generator(generator)
+        gen = compat.sampling_generator(generator)  # EvoTorch passes the Problem
         if isinstance(self, SymmetricSeparableGaussian):  # rows 2k, 2k+1 = mu + s_k, mu - s_k
             steps = table_rows(table, out.shape[0] // 2, out.shape[1], gen) * sigma  # (N/2, D)
             torch.add(mu, steps, out=out[0::2])
@@ -73,7 +73,7 @@ class _TableFill:
     def _compute_gradients(self, samples: torch.Tensor, weights: torch.Tensor, ranking_used: Any) -> dict:
         if isinstance(self, ExpSeparableGaussian):
             return _snes_gradients(self, samples, weights, ranking_used)
-        if isinstance(self, SymmetricSeparableGaussian) and "parenthood_ratio" not in self.parameters:
+        if isinstance(self, SymmetricSeparableGaussian) and not compat.uses_elites(self):  # type: ignore[arg-type]
             return _pgpe_gradients(self, samples, weights, ranking_used)
         return super()._compute_gradients(samples, weights, ranking_used)  # type: ignore[misc]
 
@@ -110,8 +110,8 @@ def _pgpe_gradients(dist: Any, samples: torch.Tensor, weights: torch.Tensor, ran
         sigma_grad.addmv_(scaled.square_().T, (fplus[rows] + fminus[rows]) / 2)
     sigma_grad = (sigma_grad - ((fplus + fminus) / 2).sum() * sigma.square()) / sigma
     return {
-        "mu": dist._divide_grad("mu", mu_grad, weights),
-        "sigma": dist._divide_grad("sigma", sigma_grad, weights),
+        "mu": compat.divide_grad(dist, "mu", mu_grad, weights),
+        "sigma": compat.divide_grad(dist, "sigma", sigma_grad, weights),
     }
 
 
@@ -133,9 +133,8 @@ def use_noise_table(searcher: Any, size: int = DEFAULT_TABLE_SIZE) -> Any:
     SNES and PGPE, in ``_compute_gradients`` (the same formulas in row chunks); EvoTorch's
     ``modified_copy`` keeps the class across updates. Returns ``searcher``.
     """
-    dist: Distribution = searcher._distribution
-    if "sigma" not in dist.parameters or dist.parameters["sigma"].dim() != 1:
+    dist = compat.search_distribution(searcher)
+    if dist is None or "sigma" not in dist.parameters or dist.parameters["sigma"].dim() != 1:
         raise ValueError(f"{type(searcher).__name__}: the noise table needs a separable Gaussian searcher")
-    cls = _table_class(type(dist), int(size))
-    searcher._distribution = cls(dict(dist.parameters), dtype=dist.dtype, device=dist.device)
+    compat.set_search_distribution(searcher, compat.retyped_distribution(dist, _table_class(type(dist), int(size))))
     return searcher

@@ -15,7 +15,6 @@ Ostermeier 2001; CEM — Rubinstein 1999.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -25,6 +24,7 @@ from evotorch.algorithms import CEM, CMAES, PGPE, SNES, XNES, GeneticAlgorithm
 from evotorch.operators import GaussianMutation, SimulatedBinaryCrossOver
 
 from evoens import Provider, hookimpl
+from evoens import _evotorch_compat as compat
 from evoens.config import ConfigError
 from evoens.noise import use_noise_table
 
@@ -36,9 +36,7 @@ def _distribution(cls: type, defaults: dict[str, Any], description: str, table: 
     def factory(problem: Problem, popsize: int, options: Mapping[str, Any], center: torch.Tensor) -> Any:
         opts = {**defaults, **options}
         noise = opts.pop("noise_table", table)
-        with warnings.catch_warnings():  # EvoTorch's CMAES set-up mixes numpy and torch: harmless noise
-            warnings.filterwarnings("ignore", "To copy construct from a tensor", UserWarning)
-            warnings.filterwarnings("ignore", "__array_wrap__ must accept context", DeprecationWarning)
+        with compat.quiet_construction():  # EvoTorch's CMAES set-up mixes numpy and torch: harmless noise
             searcher = cls(problem, popsize=popsize, center_init=center, **opts)
         if noise is True:
             return use_noise_table(searcher)
