@@ -1,4 +1,5 @@
-"""One distribution, ``evoens``: the core package plus every built-in plugin package.
+"""One distribution, ``evoens``: the core package, every built-in plugin package and the
+benchmark suites (``benchmarks/evoens_benchmarks``, installed by default as the plugin ``benchmarks``).
 
 Built-in plugins are registered in the entry-point group ``evoens`` exactly as a third-party
 plugin would be (see examples/evoens-plugin-template/setup.py for one).
@@ -15,6 +16,7 @@ VERSION = next(
 )
 
 PLUGIN_PACKAGES = find_packages(where="plugins", include=["evoens_*", "evoens_*.*"])
+BENCH_PACKAGES = find_packages(where="benchmarks", include=["evoens_benchmarks", "evoens_benchmarks.*"])
 
 setup(
     name="evoens",
@@ -23,9 +25,13 @@ setup(
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["evoens", "evoens.*"]) + PLUGIN_PACKAGES,
-    # plugins/evoens_x/ installs as the top-level package evoens_x (never a package "plugins")
-    package_dir={name: f"plugins/{name}" for name in PLUGIN_PACKAGES if "." not in name},
+    packages=find_packages(include=["evoens", "evoens.*"]) + PLUGIN_PACKAGES + BENCH_PACKAGES,
+    # plugins/evoens_x/ installs as the top-level package evoens_x (never a package "plugins"),
+    # benchmarks/evoens_benchmarks/ as evoens_benchmarks
+    package_dir={
+        **{name: f"plugins/{name}" for name in PLUGIN_PACKAGES if "." not in name},
+        **{name: f"benchmarks/{name}" for name in BENCH_PACKAGES if "." not in name},
+    },
     install_requires=[
         "torch>=2.2",
         "evotorch>=0.6,<0.7",
@@ -50,9 +56,9 @@ setup(
             "reporters = evoens.builtins.reporters",
             "checkpoint = evoens.builtins.checkpointing",
             "loop = evoens.engine",
-            "bench = evoens_bench.hooks",
             "binary = evoens_binary.hooks",
             "morph = evoens_morph.hooks",
+            "benchmarks = evoens_benchmarks.hooks",
         ],
     },
     classifiers=[

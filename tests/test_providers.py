@@ -15,7 +15,7 @@ REGISTRY = make_plugin_manager(entry_points=True).registry  # the core and every
 CHECKED = {"fitness", "model", "dataset", "searcher", "trainer", "reporter"}
 # Kinds whose conformance test lives beside the plugin that defines the kind's contract.
 ELSEWHERE = {
-    "benchmark": "tests/test_bench.py and each suite's quick-mode test in tests/evoens_*/",
+    "benchmark": "tests/benchmarks/test_harness.py and each suite's quick-mode test in tests/benchmarks/",
     "grad_estimator": "tests/evoens_binary/test_binary_estimators.py::test_grad_estimator_provider_conformance",
     "mutation": "tests/evoens_morph/test_morph_widen.py (conformance over every registered mutation)",
 }

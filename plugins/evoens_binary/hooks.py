@@ -20,8 +20,8 @@ def evoens_register_providers() -> Iterator[Provider]:
 
 
 def _estimator_providers() -> Iterator[Provider]:
-    """Gradient estimators (STE family, CDG, NES, the open ideas) and the binary-estimators suite."""
-    from evoens_binary import cdg, hybrid, nes, toy_bench
+    """Gradient estimators (STE family, CDG, NES, the open ideas)."""
+    from evoens_binary import cdg, hybrid, nes
     from evoens_binary.estimators import SteGradient
     from evoens_binary.ops import STES
 
@@ -32,13 +32,11 @@ def _estimator_providers() -> Iterator[Provider]:
     yield Provider("grad_estimator", "nes-guided", hybrid.GuidedNesGradient, "NES guided by STE directions")
     yield Provider("grad_estimator", "nes-cv", hybrid.ControlVariateNes, "NES with the STE gradient as control variate")
     yield Provider("grad_estimator", "ste-nes", hybrid.SteThenNes, "STE, handing over to NES on a plateau")
-    yield Provider("benchmark", "binary-estimators", toy_bench.suite, toy_bench.DESCRIPTION)
 
 
 def _binary_train_providers() -> Iterator[Provider]:
-    """Binarized model families and the binary-mnist benchmark suite (binary-train)."""
-    from evoens_binary import mnist_bench, models
+    """Binarized model families (binary-train)."""
+    from evoens_binary import models
 
     yield Provider("model", "binary_mlp", models.binary_mlp_model, "binarized MLP: +-1 hidden units, STE by name")
     yield Provider("model", "binary_cnn", models.binary_cnn_model, "binarized CNN: sign conv blocks, STE by name")
-    yield Provider("benchmark", "binary-mnist", mnist_bench.suite, mnist_bench.DESCRIPTION)

@@ -9,14 +9,12 @@ from evoens import Provider, hookimpl
 
 @hookimpl
 def evoens_register_providers() -> Iterator[Provider]:
-    from evoens_morph import bench
     from evoens_morph.mutations import DESCRIPTIONS, OPERATORS
 
     # function-preserving transforms (morph-transforms): factory = the operator itself,
     # op(module, site, options, generator) -> (new_module, MorphReport); op.sites(module) lists sites
     for name, op in OPERATORS.items():
         yield Provider("mutation", name, op, DESCRIPTIONS[name])
-    yield Provider("benchmark", "morph", bench.suite, bench.DESCRIPTION)
 
     # ---- morph-ne: architecture neuroevolution providers go below this line ----
     # (same `mutation` contract: callable + .name, .exact, .sites(module); tests/evoens_morph/

@@ -1,5 +1,5 @@
 """Binarized models trained through the ordinary run machinery: STE gradient, evolution over the
-latent weights, exact resume, the example configs and the binary-mnist suite (tiny, on digits)."""
+latent weights, exact resume and the example configs (the binary_mnist suite: tests/benchmarks/)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from evoens_binary import hooks
-from evoens_binary.mnist_bench import FP, Sizes, run_sizes
 
 from evoens.config import load_config
 from evoens.engine import resume
@@ -116,40 +114,3 @@ def test_example_config_validates_and_runs(path: Path, tmp_path: Path) -> None:
 
 def test_examples_exist() -> None:
     assert {p.name for p in EXAMPLES} >= {"binary-mlp-ste.toml", "binary-mlp-pgpe.toml"}
-
-
-def test_suite_tiny_on_digits_has_one_row_per_run(tmp_path: Path) -> None:
-    sizes = Sizes(
-        dataset="digits",
-        mlp_hidden=(16, 16),
-        mlp_epochs=1,
-        cnn_channels=(4, 4),
-        cnn_epochs=1,
-        batch_size=128,
-        lr=0.01,
-        evo_hidden=(8, 8),
-        evo_generations=3,
-        evo_popsize=8,
-        evo_batch=128,
-        stes=("clipped", "identity"),
-        cnn_stes=("clipped",),
-        searchers=("pgpe",),
-        evals=1,
-    )
-    result = run_sizes(sizes, torch.device("cpu"))
-    methods = [(r["model"], r["method"]) for r in result.rows]
-    assert methods == [
-        ("binary_mlp", "clipped"),
-        ("binary_mlp", "identity"),
-        ("binary_mlp", FP),
-        ("binary_cnn", "clipped"),
-        ("binary_cnn", FP),
-        ("binary_mlp", "pgpe"),
-    ]
-    for row in result.rows:
-        assert set(row) == set(result.columns) and 0.0 <= row["test_accuracy"] <= 1.0
-    fp = next(r for r in result.rows if r["model"] == "binary_mlp" and r["method"] == FP)
-    assert fp["step_time_vs_fp_mlp"] == 1.0 and fp["binary_weights"] == 0
-    assert all(r["binary_weights"] > 0 for r in result.rows if r["method"] != FP)
-    result.plot(tmp_path / "p.png")
-    assert (tmp_path / "p.png").stat().st_size > 0

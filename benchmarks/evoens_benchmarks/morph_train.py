@@ -19,13 +19,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
-
 from evoens_morph.families import cnn
 from evoens_morph.flops import count_flops
 from evoens_morph.mutations import OPERATORS, MorphOptions
 from evoens_morph.optim import carry_over_from_reports
 from evoens_morph.sites import deepen_points, widen_sites
+from torch import nn
 
 Grow = Callable[[nn.Module, torch.Tensor, torch.Generator], tuple[nn.Module, list[Any]]]
 

@@ -1,4 +1,4 @@
-"""Notes, tables and the plot of the ``binary-estimators`` suite, with the seed's numbers beside ours.
+"""Notes, tables and the plot of the ``binary_estimators`` suite, with the seed's numbers beside ours.
 
 Reference: seed 002's quick check (lr = 0.1), parsed from the author's ``NES_log_old.log`` as quoted
 in shared/specs/binary.md §3.2 (mean over 10 batches x 3 inits of 160,000 samples). Pure torch/matplotlib.
@@ -10,10 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from evoens_binary.toy_train import handover_notes
+from evoens_benchmarks.binary_handover import handover_notes
 
 if TYPE_CHECKING:  # pragma: no cover
-    from evoens_binary.toy_bench import ToyConfig
+    from evoens_benchmarks.binary_estimators import ToyConfig
 
 # Seed-002 log labels -> our names: STE-0 vanilla = clipped, STE-2 steep, STE-3 swishsign, STE-4 poly.
 SEED_NAMES = ("cdg", "nes-500", "nes-5000", "nes-50000", "ste:clipped", "ste:steep", "ste:swishsign", "ste:approxsign")
@@ -102,8 +102,8 @@ def open_ideas_summary(rows: Rows, guided_popsize: int) -> list[str]:
 SEED_LOSS0 = {2: 0.67, 4: 0.43, 8: 0.90, 16: 0.76, 32: 0.67}
 
 
-def explanations(rows: Rows) -> list[str]:
-    """Why our numbers differ from the seed's, with the figures computed from ``rows``."""
+def seed_differences(rows: Rows) -> list[str]:
+    """Where our numbers and the seed's differ, one computed line each."""
     by = {(r["dim"], r["estimator"]): r for r in rows}
     common = [d for d in SEED_DEC if (d, "cdg") in by and d >= 8]
     ratio = _mean([by[(d, "cdg")]["dec@0.1"] / SEED_DEC[d][0] for d in common])
@@ -130,24 +130,14 @@ def explanations(rows: Rows) -> list[str]:
         if name and (d, "cdg") in by
     )
     return [
-        "## Why the numbers differ from the seed's",
+        "## Differences from the seed (computed)",
         "",
-        f"- Same task: initial loss per d, ours (seed): {loss0} — the ±1-hidden, linear-output calibration "
-        "(E[MSE] = 2/3) holds; at d <= 4 the 3-point means are noisy (the seed's d=2 range was 0.01–1.95).",
-        f"- Loss decreases are ~{ratio:.0f}x the seed's for CDG at d >= 8 with per-tensor normalised steps and "
-        f"~{raw:.0f}x with raw steps w - 0.1 g, so the seed's quick check must have taken a much shorter step; its "
-        "normalisation is not recorded (spec §4.3). Compare rankings and cosines across estimators, not magnitudes.",
-        f"- Last layer: every STE here has cos_W3 >= {min(ste_w3):.6f} to CDG, as it must with a linear output (CDG "
-        "is exact on a quadratic, a proper STE leaves the last layer's input alone); the seed's 0.29–0.98 means "
-        "its STE also changed the forward (spec §1.7 calibration note), so its STE rows differ most at small d.",
-        f"- Hidden layers follow the seed closely where both exist, e.g. NES-50k [W1 W2 W3] {nes_txt}; "
-        "NES needs popsize >> D (D = 2d^2 + d).",
-        f"- Smaller batches and 3 points instead of 30 (10 x 3 of 160,000 in the seed). CDG's own column shows "
-        f"cos < 1 where its gradient of a tensor was exactly zero at some point (no sample within eps of a sign "
-        f"flip): {zero_cdg or 'nowhere'}.",
-        f"- Best lr, largest NES vs CDG: {nes_vs_cdg or 'n/a'}. Where NES wins at a longer step despite a lower "
-        "cosine, a plausible reason is that such a step sees the sigma-smoothed loss NES estimates rather than the "
-        "eps-local one CDG measures (a hypothesis, not tested here).",
+        f"- initial loss per d, ours (seed): {loss0}",
+        f"- CDG loss decrease at lr 0.1, d >= 8: ~{ratio:.0f}x the seed's (normalised steps), ~{raw:.0f}x (raw steps)",
+        f"- smallest cos_W3 of an STE to CDG: {min(ste_w3):.6f} (seed: 0.29-0.98)" if ste_w3 else "- no STE rows",
+        f"- NES-50k cosines [W1 W2 W3]: {nes_txt}",
+        f"- CDG cos < 1 (its gradient of a tensor exactly zero at some point): {zero_cdg or 'nowhere'}",
+        f"- best lr, largest NES vs CDG: {nes_vs_cdg or 'n/a'}",
     ]
 
 
@@ -169,8 +159,8 @@ def notes_for(cfg: ToyConfig, rows: Rows, train_rows: Rows, t_est: float, t_trai
         "- every gradient normalised per tensor (g_l / (||g_l|| + 1e-8)); loss decrease in-sample on the "
         f"estimation batch; lr grid {list(cfg.lrs)}; means over all points; evals = loss evaluations per "
         "estimate; raw@0.1 = decrease of the UNnormalised step w - 0.1 g.",
-        f"- wall time: estimates {t_est:.0f} s, handover training {t_train:.0f} s (2 shared CPU cores, "
-        f"{cfg.threads or 'default'} torch thread(s)).",
+        f"- wall time: estimates {t_est:.0f} s, handover training {t_train:.0f} s ({cfg.threads or 'default'} "
+        "torch thread(s)).",
         "",
         "## Loss decrease at lr = 0.1 (mean, per-tensor normalised steps)",
         "",
@@ -186,7 +176,7 @@ def notes_for(cfg: ToyConfig, rows: Rows, train_rows: Rows, t_est: float, t_trai
         "",
         *seed_comparison(rows),
         "",
-        *explanations(rows),
+        *seed_differences(rows),
         "",
         *open_ideas_summary(rows, cfg.guided_popsize),
         "",

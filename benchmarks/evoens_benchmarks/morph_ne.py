@@ -8,7 +8,7 @@ report, Stanford 2018), Table 1 (CIFAR-10 test accuracy: base 0.70, NE best 0.74
 ``select_best`` with shared weights ("NE"), ``select_diverse`` with shared weights ("co-evolution",
 whose K selected models form the ensembles) and ``select_best`` with copied weights. A second copy
 of the base keeps training alone for the same total number of optimiser steps, so the NE rows can be
-read against equal training as well as against the report's base. Pure torch, no pluggy.
+read against equal training as well as against the report's base.
 """
 
 from __future__ import annotations
@@ -22,15 +22,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
-from evoens.bench import torch_threads
-from evoens.datasets import load_dataset
 from evoens_morph.ensemble import HierarchicalEnsemble, mean_probability, train_head
 from evoens_morph.flops import count_flops
 from evoens_morph.genome import describe
 from evoens_morph.ne import MutationConfig, NEConfig, NEResult, joint_train, neuroevolve, num_params, train_base
 from evoens_morph.select import select_best, select_diverse, species, species_logits
+from torch import Tensor, nn
+
+from evoens.bench import torch_threads
+from evoens.datasets import load_dataset
 
 REFERENCE = {"base": 0.70, "NE best": 0.74, "co-evolution best": 0.72, "co-evolution ensemble": 0.75}
 
@@ -203,25 +203,20 @@ def _notes(sz: Sizes, rows: list[dict[str, Any]], results: dict[str, NEResult]) 
     adam = "Adam (AMSGrad)" if cfg.amsgrad else "Adam"
     return [
         "## NE (block-level R2R neuroevolution with weight sharing)",
-        f"Run: MNIST 2x2-average-pooled to 14x14, base = residual layers widths {cfg.widths} (one 3x3 R2R block "
+        "",
+        f"- Run: MNIST 2x2-average-pooled to 14x14, base = residual layers widths {cfg.widths} (one 3x3 R2R block "
         f"each) + 2x2 max-pools + Linear-64-ReLU-Linear; {adam} lr {cfg.lr}, wd {cfg.weight_decay}, batch "
         f"{cfg.batch_size}; N_i={cfg.initial_steps}, N_j={cfg.steps_per_iteration}, K={cfg.select_k}, "
         f"M={cfg.population}, {cfg.iterations} iterations ({steps} optimiser steps in all, each on one model); "
         f"p(deepen)=0.5, kernels {{1: .3, 3: .35, 5: .35}}; selection on {sz.n_val} validation images, test "
         f"accuracy on {sz.n_test} MNIST test images; hierarchical head: Adam 1e-3, {sz.head_steps} steps on "
         "frozen members' logits of 20k training images. CPU runs use one intra-op thread.",
-        f"Reference (report Table 1, CIFAR-10 test accuracy): {ref}.",
-        "MNIST is a different, much easier task than CIFAR-10: a small conv net is already near its ceiling, so "
-        "the gaps the report saw (+4 points for NE, +5 for the ensemble) cannot appear at this scale; what "
-        "carries over is the ordering question (does NE / the ensemble beat the base at equal steps?), not the "
-        "numbers. The report's base was trained only N_i steps too; the second base row gives it the same "
-        "number of optimiser steps as the whole NE run, the fairer comparison.",
-        f"Measured gaps to the equal-steps base ({equal}), in points: {gaps} (one seed; the binomial standard "
-        f"error of one accuracy on {sz.n_test} test images is about {se:.2f} points, and seed-to-seed training "
-        f"variance is larger, so gaps under ~{2 * se:.2f} points are ties). Ensembles cost K times a member's FLOPs.",
-        "Params of an ensemble count each shared tensor once (members share the bank's blocks); FLOPs are per "
-        "sample, Conv2d + Linear, summed over members (spec pitfall 9: not comparable with other papers).",
-        "Final populations: "
+        f"- Reference (report Table 1, CIFAR-10 test accuracy): {ref}.",
+        f"- Second base row: the base trained for all {steps} optimiser steps of the NE run.",
+        f"- Gaps to that equal-steps base ({equal}), in points: {gaps}; one seed; binomial s.e. of one accuracy "
+        f"on {sz.n_test} test images: {se:.2f} points.",
+        "- Ensemble params count each shared tensor once; FLOPs per sample (Conv2d + Linear), summed over members.",
+        "- Final populations: "
         + "; ".join(
             f"{k}: {len(r.selected)} selected over {len(species([i.model for i in r.selected]))} species, "
             f"val acc {', '.join(f'{i.val_accuracy:.3f}' for i in r.selected)}"

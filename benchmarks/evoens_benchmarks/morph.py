@@ -4,26 +4,27 @@
 two-path concat net): max |Δ| of the outputs on a probe batch in train and eval mode, parameters
 and FLOPs before/after, plus a chained widen→deepen→widen row. (b) MNIST: widen / deepen a small
 CNN at the midpoint of training vs the big architecture from scratch at equal wall time
-(:mod:`evoens_morph.bench_train`). (c) the architecture-neuroevolution rows of
-``evoens_morph.ne_bench.ne_rows`` when that module exists. Reference numbers (R2R paper Table 2,
-cs231n report) are CIFAR-10 and are quoted in the notes for context only.
+(:mod:`evoens_benchmarks.morph_train`). (c) the architecture-neuroevolution rows of
+:func:`evoens_benchmarks.morph_ne.ne_rows`. Reference numbers (R2R paper Table 2, cs231n report) are
+CIFAR-10 and are quoted in the notes for context only. Runs as a script:
+``python -m evoens_benchmarks.morph [--quick] [--out DIR] [--device cpu|cuda]``.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-
-from evoens.bench import torch_threads
 from evoens_morph import families
-from evoens_morph.bench_train import Curve, TrainSizes, training_curves
 from evoens_morph.mutations import OPERATORS, MorphOptions
 
-DESCRIPTION = "function-preserving transforms: preservation table, grow-mid-training vs scratch on MNIST, NE"
+from evoens.bench import BenchResult, torch_threads
+from evoens_benchmarks.morph_ne import ne_rows
+from evoens_benchmarks.morph_train import Curve, TrainSizes, training_curves
+
 WIDEN_SITE = {"mlp": "1", "cnn": "4", "resnet": "3.conv2", "concat": "3.branches.0.0"}
 NET2NET_SITE = {"resnet": "3.conv1"}  # Net2WiderNet cannot widen a skip volume: block-internal site
 DEEPEN_POINT = {"mlp": "3", "cnn": "6", "resnet": "4", "concat": "6"}
@@ -101,12 +102,8 @@ def _curve_rows(curves: list[Curve]) -> list[dict[str, Any]]:
 
 
 def ne_part(quick: bool, device: torch.device) -> tuple[list[dict[str, Any]], list[str]]:
-    """Part (c) from morph-ne's ``ne_bench.ne_rows`` if that module is installed."""
-    if importlib.util.find_spec("evoens_morph.ne_bench") is None:
-        return [], ["- (c) NE rows: not run (evoens_morph.ne_bench is not present in this checkout)."]
-    from evoens_morph import ne_bench
-
-    rows, notes = ne_bench.ne_rows(quick, device)
+    """Part (c): the rows and notes of :func:`evoens_benchmarks.morph_ne.ne_rows`."""
+    rows, notes = ne_rows(quick, device)
     return [{"part": "c", **r} for r in rows], list(notes)
 
 
@@ -145,10 +142,8 @@ def _load_mnist(data_dir: str | None) -> Any:
 def suite(
     quick: bool, device: torch.device, env: dict[str, Any], *, sizes: TrainSizes | None = None,
     data: Any = None, with_ne: bool = True,
-) -> Any:  # fmt: skip
+) -> BenchResult:  # fmt: skip
     """The ``morph`` suite; ``sizes``/``data``/``with_ne`` are internal knobs for tests."""
-    from evoens.bench import BenchResult
-
     start = time.perf_counter()
     with torch_threads(1 if device.type == "cpu" else None):  # tiny layers: one thread is far faster
         rows = preservation_rows((1, 12, 12) if quick else (1, 28, 28), device)
@@ -169,6 +164,7 @@ def suite(
 
 
 def notes(rows: list[dict[str, Any]], curves: list[Curve], sizes: TrainSizes, quick: bool, seconds: float) -> list[str]:
+    """One line per fact: what ran, then every figure read from ``rows`` and ``curves``."""
     a = [r for r in rows if r["part"] == "a"]
     exact = [r for r in a if r["exact_modes"] != "none"]
     worst = max(
@@ -176,27 +172,22 @@ def notes(rows: list[dict[str, Any]], curves: list[Curve], sizes: TrainSizes, qu
     )
     pad = min(r["max_abs_diff_eval"] for r in a if r["transform"] == "random_pad_widen")
     by = {c.name: c.extra for c in curves}
+    half = sizes.steps // 2
     lines = [
         "## What was run",
         "",
         f"- (a) {len(a)} rows: inputs {'1x12x12' if quick else '1x28x28'}, probe batch 32 of N(0,1), +4 channels per"
         " producer slice (deepen: one block, 3x3 kernels, hidden = channels); BN layers fresh.",
-        f"  Worst exact-mode max|Δ| over all exact rows: {worst:.2g} (tolerance 1e-5); random pad changes the"
-        f" output by at least {pad:.2g} (so the probe has power). Net2DeeperNet's BN is exact in eval mode only;"
-        " NetMorph (1e-6 noise) and Net2Net with noise are near-exact by design.",
+        f"- (a) worst exact-mode max|Δ| over the exact rows: {worst:.2g} (tolerance 1e-5); smallest random-pad"
+        f" max|Δ|: {pad:.2g}.",
         f"- (b) MNIST (60k train, first {sizes.test_size} test images), CNN conv3x3 {sizes.channels[0]}->"
         f"{sizes.channels[1]} channels + FC 32, Adam lr {sizes.lr}, batch {sizes.batch}, {sizes.steps} steps,"
-        f" transform at step {sizes.steps // 2}; widen = both conv volumes x2; deepen = one R2R zero block"
-        " (or Net2Net identity conv+BN+ReLU) after each conv stage; optimizer state carried over (lr kept,"
-        " except the 'lr/5' run). 'from scratch' = the grown architecture re-initialised, trained for the same"
-        " training time as the R2R run. Training time = CPU time of the single training thread (time.thread_time;"
-        " wall time on this shared 2-core machine mostly measures the other jobs; thread time still varies with"
-        " the load: the scratch step count in the same budget moved by ~10% between two runs), evaluation excluded;"
-        " so the"
-        " scratch run is also read at equal training FLOPs (acc_equal_flops, flop_steps: fwd+bwd FLOPs taken"
-        " proportional to forward FLOPs); compare"
-        " times only as ratios (wall_ratio = training time / that of the r2r_widen run). One seed: with 5000 test"
-        " images one accuracy has a binomial s.e. of ~0.25 points, so gaps under ~0.5 points are ties.",
+        f" transform at step {half}; widen: both conv volumes x2; deepen: one block after each conv stage;"
+        " optimizer state carried over (lr kept, except 'lr/5').",
+        "- (b) 'from scratch': the grown architecture re-initialised, trained for the training time of the R2R run"
+        " and read again at equal training FLOPs (acc_equal_flops, flop_steps); training time: CPU time of the"
+        " training thread on a CPU, wall time on a GPU, evaluation excluded; wall_ratio = training time / that of"
+        " r2r_widen. One seed.",
     ]
     for name in ("r2r_widen", "net2net_widen", "netmorph_widen", "random_pad_widen", "wide from scratch",
                  "r2r_deepen", "net2net_deepen", "deep from scratch"):  # fmt: skip
@@ -212,17 +203,24 @@ def notes(rows: list[dict[str, Any]], curves: list[Curve], sizes: TrainSizes, qu
             gap = 100 * (by[grown]["final_test_acc"] - by[scratch]["final_test_acc"])
             gap_f = 100 * (by[grown]["final_test_acc"] - by[scratch]["acc_equal_flops"])
             lines.append(
-                f"  - measured: {grown} - {scratch} = {gap:+.2f} points at equal training time (the scratch run"
-                f" fits {by[scratch]['steps']} steps of the big net in the time the grown run took for"
-                f" {sizes.steps // 2} small + {sizes.steps - sizes.steps // 2} big steps), {gap_f:+.2f} points at"
-                f" equal training FLOPs ({by[scratch]['flop_steps']} big steps, deterministic)"
+                f"  - measured: {grown} - {scratch} = {gap:+.2f} points at equal training time ({by[scratch]['steps']}"
+                f" big steps vs {half} small + {sizes.steps - half} big), {gap_f:+.2f} points at equal training FLOPs"
+                f" ({by[scratch]['flop_steps']} big steps)"
             )
+    if "r2r_widen" in by:
+        acc = by["r2r_widen"]["final_test_acc"]
+        se = 100 * (acc * (1 - acc) / sizes.test_size) ** 0.5
+        lines.append(f"- (b) binomial s.e. of one accuracy on {sizes.test_size} test images: {se:.2f} points.")
     lines += [
-        "- Reference (CIFAR-10, R2R paper Table 2, for context only): from scratch 69.9%, R2WiderR 69.9,"
-        " Net2WiderNet 69.6, NetMorph 69.8, random pad 70.2, R2DeeperR 72.1, Net2DeeperNet 70.5; cs231n report:"
-        " widen at 4500/6000 updates finishes in 136 s vs +44 s from scratch at ~0.70. MNIST saturates near 99%,"
-        " so differences here are small; what this run shows is that exact transforms do not lose accuracy at"
-        " the transform (the 'right after' column) and how the grown nets compare at equal training time.",
-        f"- Suite wall time {seconds:.0f} s (this machine, contended).",
+        "- Reference, CIFAR-10 (R2R paper Table 2): from scratch 69.9%, R2WiderR 69.9, Net2WiderNet 69.6, NetMorph"
+        " 69.8, random pad 70.2, R2DeeperR 72.1, Net2DeeperNet 70.5; cs231n report: widen at update 4500 of 6000,"
+        " 136 s vs +44 s from scratch, ~0.70.",
+        f"- Suite wall time {seconds:.0f} s.",
     ]
     return lines
+
+
+if __name__ == "__main__":
+    from evoens_benchmarks import main
+
+    sys.exit(main("morph", sys.argv[1:]))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from evoens_morph.ne_bench import REFERENCE, ne_rows, sizes
+from evoens_benchmarks.morph_ne import REFERENCE, ne_rows, sizes
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 

@@ -1,4 +1,4 @@
-"""Suite ``binary-estimators``: STE / NES / CDG / guided gradient estimates on binarized toy MLPs.
+"""Suite ``binary_estimators``: STE / NES / CDG / guided gradient estimates on binarized toy MLPs.
 
 Reference: seed 002 (the 2021-04-30 "NES applied to a naive MLP" quick check) and its protocol as
 reconstructed in shared/specs/binary.md §1.7; Kim et al., "BinaryDuo", ICLR 2020 (CDG yardstick).
@@ -9,19 +9,19 @@ teacher. On every (init, batch) point all estimators see the same batch and weig
 gradient is normalised per tensor; reported: the per-layer cosine to CDG, the in-sample loss
 decrease ``L(w) - L(w - lr g_hat)`` over an lr grid (all estimators x lrs as one population), the
 best lr per (d, estimator). A second part trains for a few steps with STE, NES and the STE -> NES
-handover. Pure torch, no pluggy.
+handover (:mod:`evoens_benchmarks.binary_handover`); the markdown is built by
+:mod:`evoens_benchmarks.binary_estimators_report`. Runs as a script:
+``python -m evoens_benchmarks.binary_estimators [--quick] [--out DIR] [--device cpu|cuda]``.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
-
-from evoens.bench import BenchResult, torch_threads
 from evoens_binary.analysis import best_lr, cosine_per_tensor, loss_decrease
 from evoens_binary.cdg import CdgConfig, cdg
 from evoens_binary.estimators import GradEstimator, SteGradient
@@ -29,10 +29,12 @@ from evoens_binary.hybrid import ControlVariateNes, GuidedNesGradient
 from evoens_binary.layers import sign_mlp
 from evoens_binary.nes import NesConfig, nes_nested
 from evoens_binary.objective import ModelObjective
-from evoens_binary.toy_report import notes_for, plot_curves
-from evoens_binary.toy_train import HandoverBench, run_handover
+from torch import nn
 
-DESCRIPTION = "binarized toy MLPs: STE family / NES / CDG / STE-guided NES vs CDG (cosine, loss decrease vs lr)"
+from evoens.bench import BenchResult, torch_threads
+from evoens_benchmarks.binary_estimators_report import notes_for, plot_curves
+from evoens_benchmarks.binary_handover import HandoverBench, run_handover
+
 STE_SET: tuple[tuple[str, str, dict[str, float]], ...] = (
     ("ste:clipped", "clipped", {}),  # "vanilla" (BinaryNet hardtanh STE)
     ("ste:steep", "steep", {"k": 2.0}),
@@ -159,5 +161,11 @@ def suite(quick: bool, device: torch.device, env: dict[str, Any], config: ToyCon
     notes = notes_for(cfg, rows, train_rows, t_est, time.perf_counter() - t0 - t_est)
     columns = ["dim", "estimator", "params", "evals", "loss0", "dec@0.1", "cos_W1", "cos_W2", "cos_W3",
                "best_lr", "best_dec", "raw@0.1"]  # fmt: skip
-    return BenchResult("binary-estimators: gradient estimators on binarized toy MLPs", columns,
+    return BenchResult("binary_estimators: gradient estimators on binarized toy MLPs", columns,
                        rows + train_rows, notes, plot_curves(rows, cfg.lrs))  # fmt: skip
+
+
+if __name__ == "__main__":
+    from evoens_benchmarks import main
+
+    sys.exit(main("binary_estimators", sys.argv[1:]))

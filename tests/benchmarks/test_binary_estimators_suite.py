@@ -1,4 +1,4 @@
-"""The binary-estimators suite at tiny sizes: output shape and the properties its numbers must have."""
+"""The binary_estimators suite at tiny sizes: output shape and the properties its numbers must have."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from evoens_binary.toy_bench import STE_SET, ToyConfig, suite, toy_pair
-from evoens_binary.toy_train import HandoverBench
+from evoens_benchmarks.binary_estimators import STE_SET, ToyConfig, suite, toy_pair
+from evoens_benchmarks.binary_handover import HandoverBench
 
 from evoens.bench import BenchResult, run_suite
 
@@ -57,10 +57,10 @@ def test_numbers_have_the_expected_properties(result: BenchResult) -> None:
 
 
 def test_run_suite_writes_json_markdown_and_plot(tmp_path: Path, result: BenchResult) -> None:
-    payload = run_suite(lambda **kw: result, "binary-estimators", quick=True, out=tmp_path, device=torch.device("cpu"))
-    assert json.loads((tmp_path / "binary-estimators.json").read_text())["rows"] == payload["rows"]
-    assert (tmp_path / "binary-estimators.png").stat().st_size > 1000
-    assert "| d | cdg |" in (tmp_path / "binary-estimators.md").read_text()
+    payload = run_suite(lambda **kw: result, "binary_estimators", quick=True, out=tmp_path, device=torch.device("cpu"))
+    assert json.loads((tmp_path / "binary_estimators.json").read_text())["rows"] == payload["rows"]
+    assert (tmp_path / "binary_estimators.png").stat().st_size > 1000
+    assert "| d | cdg |" in (tmp_path / "binary_estimators.md").read_text()
 
 
 def test_teacher_and_student_are_independent_sign_mlps() -> None:

@@ -1,4 +1,4 @@
-"""The training part of ``binary-estimators``: does the STE -> NES handover help over a short run?
+"""The training part of ``binary_estimators``: does the STE -> NES handover help over a short run?
 
 Reference: seed 002's discussion item "switch from STE to NES when STE training reaches a local
 minimum" and the 2021-05 pre-training protocol (STE steps on (16000, d) batches until the loss
@@ -18,14 +18,13 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
-from torch import nn
-
 from evoens_binary.analysis import normalize
 from evoens_binary.estimators import GradEstimator, SteGradient
 from evoens_binary.hybrid import HandoverConfig, SteThenNes
 from evoens_binary.layers import sign_mlp
 from evoens_binary.nes import NesConfig, NesGradient
 from evoens_binary.objective import ModelObjective
+from torch import nn
 
 
 @dataclass(frozen=True)

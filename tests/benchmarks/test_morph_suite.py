@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from evoens_morph import bench
-from evoens_morph.bench_train import TrainSizes
+from evoens_benchmarks import morph
+from evoens_benchmarks.morph_train import TrainSizes
 
 from evoens.datasets.base import DataSplits, Split
 
@@ -25,10 +25,10 @@ def _fake_mnist() -> DataSplits:
 
 def test_quick_suite_rows_notes_and_plot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
-        bench, "ne_part", lambda quick, device: ([{"part": "ne", "method": "NE best", "test_acc": 0.5}], ["- ne"])
+        morph, "ne_part", lambda quick, device: ([{"part": "ne", "method": "NE best", "test_acc": 0.5}], ["- ne"])
     )
     sizes = TrainSizes(steps=20, batch=16, eval_every=10, test_size=100)
-    result = bench.suite(True, torch.device("cpu"), {}, sizes=sizes, data=_fake_mnist())
+    result = morph.suite(True, torch.device("cpu"), {}, sizes=sizes, data=_fake_mnist())
     parts = [r["part"] for r in result.rows]
     assert parts.count("a") == 4 * 7 and parts.count("b") == 10 and parts.count("ne") == 1
     assert {"method", "test_acc"} <= set(result.columns) and result.columns[:3] == ["part", "arch", "transform"]

@@ -1,16 +1,18 @@
-"""Suite ``evojax-mnist``: EvoJAX's MNIST PGPE configuration, reproduced with evoens.
+"""Suite ``evojax_mnist``: EvoJAX's MNIST PGPE configuration, reproduced with evoens.
 
 PGPE, population 64, batch 1024, center lr 0.006 (Adam), std lr 0.089, init std 0.039, on the
 EvoJAX ConvNet (11,274 parameters) over real MNIST from the data directory. EvoJAX reports test
 accuracy 0.9369 / 0.9632 / 0.9681 / 0.9743 at generations 500 / 1000 / 1500 / 2000 and about
 45.7 ms per generation on its GPU (RobertTLange/evojax-benchmarks, log/PGPE/mnist). ``--quick``
-runs 200 generations. It is an ordinary ``evoens run``: the suite only sets the config and reads
-the metrics back.
+runs 200 generations. It is an ordinary ``evoens run`` (the installed plugins, through entry
+points): the suite only sets the config and reads the metrics back. Runs as a script:
+``python -m evoens_benchmarks.evojax_mnist [--quick] [--out DIR] [--device cpu|cuda]``.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,9 +21,8 @@ import torch
 
 from evoens.bench import BenchResult
 from evoens.config import config_from_dict
-from evoens.testing import make_plugin_manager
+from evoens.manager import create_plugin_manager
 
-DESCRIPTION = "EvoJAX MNIST: PGPE pop 64, batch 1024, ConvNet; test accuracy and ms/generation"
 EVOJAX = {500: 0.9369, 1000: 0.9632, 1500: 0.9681, 2000: 0.9743}
 EVOJAX_MS_PER_GEN = 45.7
 
@@ -54,7 +55,7 @@ def suite(quick: bool, device: torch.device, env: dict[str, Any]) -> BenchResult
 
     generations = 200 if quick else 2000
     with tempfile.TemporaryDirectory() as tmp:
-        summary = execute(config_from_dict(config(generations, device, None)), tmp, make_plugin_manager())
+        summary = execute(config_from_dict(config(generations, device, None)), tmp, create_plugin_manager())
         metrics = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
     rates = [m["generations_per_second"] for m in metrics[1:]]
     ms = 1e3 / (sum(rates) / len(rates))
@@ -74,8 +75,14 @@ def suite(quick: bool, device: torch.device, env: dict[str, Any]) -> BenchResult
         f"vs EvoJAX's {EVOJAX_MS_PER_GEN} ms on its GPU. EvoJAX's accuracy at 2000: 0.9743."
     ]
     return BenchResult(
-        "evojax-mnist: PGPE on MNIST, EvoJAX's configuration",
+        "evojax_mnist: PGPE on MNIST, EvoJAX's configuration",
         ["generation", "test_accuracy", "evojax_test_accuracy"],
         rows,
         notes,
     )
+
+
+if __name__ == "__main__":
+    from evoens_benchmarks import main
+
+    sys.exit(main("evojax_mnist", sys.argv[1:]))
