@@ -27,7 +27,7 @@ from evoens.errors import UserError
 
 log = logging.getLogger("evoens")
 FORMAT = 1
-SKIP = {"problem", "template", "fitness_fn", "evaluator", *compat.SKIP_ATTRIBS}
+SKIP = {"problem", "template", "fitness_fn", "evaluate_phases", *compat.SKIP_ATTRIBS}
 """Attributes never walked: evoens's own links and callables, and EvoTorch's (see the compat module)."""
 
 
@@ -142,8 +142,12 @@ def save(run_dir: Path, generation: int, state: dict[str, Any], keep: int) -> Pa
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"gen-{generation:06d}.pt"
     tmp = folder / f".{path.name}.{os.getpid()}.tmp"
-    torch.save({"format": FORMAT, **state}, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save({"format": FORMAT, **state}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a half-written file is no checkpoint; the previous ones stay
+        raise
     for old in sorted(folder.glob("gen-*.pt"))[:-keep]:
         old.unlink()
     return path

@@ -1,7 +1,9 @@
 """The ``evoens`` command: run, resume, bench, plugins, --version.
 
 User errors (a bad config, missing data, an unknown provider, a broken plugin) print one line
-``evoens: error: ...`` and exit with code 2; tracebacks only with ``--debug``.
+``evoens: error: ...`` and exit with code 2; a run that cannot go on for an outside reason (a
+checkpoint that cannot be written) prints one line too and exits with code 1; tracebacks only
+with ``--debug``.
 """
 
 from __future__ import annotations
@@ -16,12 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from evoens import __version__
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from evoens.errors import UserError  # ConfigError, DataError, PluginError, ... are UserErrors
-
-    return (UserError,)
+from evoens.errors import RunError, UserError
 
 
 def _plugin_args(parser: argparse.ArgumentParser) -> None:
@@ -189,11 +186,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_output(args.debug)
     try:
         return COMMANDS[args.command](args)
-    except _user_errors() as exc:
+    except (UserError, RunError) as exc:  # ConfigError, DataError, PluginError, ... are UserErrors
         if args.debug:
             raise
         print(f"evoens: error: {exc}", file=sys.stderr)
-        return 2
+        return 2 if isinstance(exc, UserError) else 1
     except KeyboardInterrupt:
         print("evoens: interrupted", file=sys.stderr)
         return 130

@@ -63,6 +63,8 @@ __all__ = [
     "dump_toml",
     "load_config",
     "loads_config",
+    "option",
+    "parse_options",
 ]
 
 
@@ -127,6 +129,7 @@ class TrainerConfig:
         "batched evaluation strategy",
         choices=("auto", "loop", "vmap", "bmm", "grouped_conv"),
     )
+    options: dict[str, Any] = _opt({}, "the trainer provider's own options (validated by its options class)")
 
 
 @dataclass
@@ -191,6 +194,21 @@ def config_from_dict(d: Mapping[str, Any]) -> RunConfig:
 @functools.cache
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
+
+
+def parse_options(cls: type[_T], table: Mapping[str, Any], key: str) -> _T:
+    """A provider's options dataclass from its config table (``key`` names it: ``trainer.options``),
+    validated by the same rules as the rest of the config: unknown keys with a "did you mean",
+    types, ranges and choices from each field's metadata (:func:`option`)."""
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{key} = {_show(table)}: expected a table")
+    return _build(cls, table, key + ".")
+
+
+def option(default: Any, help: str, **constraints: Any) -> Any:
+    """A field of a provider's options dataclass: default, one-line help, constraints
+    (``ge``/``gt``/``le``/``lt`` bounds, ``choices``), as in the run config's own sections."""
+    return _opt(default, help, **constraints)
 
 
 def _build(cls: type[_T], table: Mapping[str, Any], prefix: str) -> _T:

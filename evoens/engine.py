@@ -19,8 +19,9 @@ import torch
 from evoens import hookimpl
 from evoens.checkpoint import load_latest
 from evoens.config import RunConfig, dump_toml, load_config
-from evoens.errors import PluginError, UserError
-from evoens.manager import PluginManager, plugin_for_exception
+from evoens.errors import PluginError
+from evoens.manager import PluginManager
+from evoens.phases import Phases, call_hook, merge
 from evoens.run import Run, build_run, final_evaluation, restore_run
 
 log = logging.getLogger("evoens")
@@ -37,34 +38,34 @@ def as_numbers(stats: dict[str, Any]) -> dict[str, Any]:
     return {**stats, **dict(zip(keys, values))}
 
 
-def call_reporters(run: Run, generation: int, stats: dict[str, Any]) -> None:
-    """``evoens_report`` with fault isolation: a failing reporter is named and the run goes on.
-
-    Each implementation is called on its own (wrappers of ``evoens_report`` do not apply)."""
-    args = {"run": run, "generation": generation, "stats": stats}
-    for impl in run.hook.evoens_report.get_hookimpls():
-        try:
-            impl.function(*[args[name] for name in impl.argnames])
-        except Exception as exc:  # a broken reporter must not cost the user their run
-            run.summary.setdefault("reporter_errors", []).append(f"{impl.plugin_name}: {exc!r}")
-            log.warning(
-                "reporter plugin '%s' failed at generation %d: %r; the run continues", impl.plugin_name, generation, exc
-            )
+def run_generation(run: Run, generation: int) -> dict[str, Any]:
+    """One generation, phase by phase (evoens.phases runs the evaluation phases inside the step)."""
+    started = time.perf_counter()
+    call_hook(run, "evoens_generation_start", run=run, generation=generation)
+    phases = Phases(run, generation)
+    stats = {**run.trainer.step(generation, phases), **phases.stats, "nonfinite": phases.nonfinite}
+    if phases.calls == 0:
+        raise PluginError(
+            f"trainer '{run.config.trainer.name}' finished generation {generation} without evaluating its "
+            "candidates: a trainer's step must call the evaluate it is given at least once"
+        )
+    stats.update(merge(call_hook(run, "evoens_after_tell", run=run, generation=generation, stats=stats)))
+    stats = as_numbers(stats)
+    stats["generations_per_second"] = 1.0 / max(time.perf_counter() - started, 1e-9)
+    run.generation = generation + 1
+    run.best_fitness = max(run.best_fitness, stats["best_fitness"])
+    run.hook.evoens_report(run=run, generation=generation, stats=stats)  # failures isolated per plugin
+    call_hook(run, "evoens_generation_end", run=run, generation=generation, stats=stats)
+    return stats
 
 
 @hookimpl(trylast=True)
 def evoens_run_loop(run: Run) -> dict[str, Any]:
-    """The default loop: ask/variation, evaluate and tell happen inside ``trainer.step``."""
+    """The default loop: one :func:`run_generation` per generation until done or told to stop."""
     stats: dict[str, Any] = {}
     for generation in range(run.generation, run.config.generations):
-        started = time.perf_counter()
-        run.hook.evoens_generation_start(run=run, generation=generation)
-        stats = as_numbers(run.trainer.step(generation))
-        stats["generations_per_second"] = 1.0 / max(time.perf_counter() - started, 1e-9)
-        run.generation = generation + 1
-        run.best_fitness = max(run.best_fitness, stats["best_fitness"])
-        call_reporters(run, generation, stats)
-        if run.hook.evoens_should_stop(run=run, generation=generation, stats=stats):
+        stats = run_generation(run, generation)
+        if call_hook(run, "evoens_should_stop", run=run, generation=generation, stats=stats):
             break
     final = {k: v for k, v in stats.items() if k != "generations_per_second"}  # results, not timings
     return {"generations": run.generation, "best_fitness": run.best_fitness, "final_stats": final}
@@ -76,26 +77,16 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def _call(run: Run, hookname: str, /, **kwargs: Any) -> Any:
-    """Call a hook; a plugin that raises stops the run with its name (a PluginError)."""
-    try:
-        return getattr(run.hook, hookname)(**kwargs)
-    except UserError:
-        raise
-    except Exception as exc:
-        culprit = plugin_for_exception(run.pm, hookname, exc)
-        if culprit is None:
-            raise
-        raise PluginError(f"plugin '{culprit}' failed in {hookname}: {type(exc).__name__}: {exc}") from exc
-
-
 def _finish(run: Run, summary: dict[str, Any]) -> None:
     """Write ``summary.json`` and call ``evoens_run_end`` (also after a failure)."""
     summary["wall_seconds"] = time.perf_counter() - run.started
     summary.update(run.summary)
+    errors = [*run.summary.get("reporter_errors", []), *run.pm.report_errors()]
+    if errors:  # report sinks (evoens.builtins.reporters) and report hooks that failed
+        summary["reporter_errors"] = errors
     run.summary = summary
     write_json_atomic(run.out_dir / "summary.json", summary)
-    _call(run, "evoens_run_end", run=run, summary=summary)
+    call_hook(run, "evoens_run_end", run=run, summary=summary)
 
 
 def execute(config: RunConfig, out_dir: str | Path, pm: PluginManager) -> dict[str, Any]:
@@ -121,13 +112,13 @@ def resume(out_dir: str | Path, pm: PluginManager, overrides: list[str] | None =
 
 def _drive(run: Run) -> dict[str, Any]:
     try:
-        _call(run, "evoens_run_start", run=run)
-        result = _call(run, "evoens_run_loop", run=run) or {}
+        call_hook(run, "evoens_run_start", run=run)
+        result = call_hook(run, "evoens_run_loop", run=run) or {}
     except BaseException as exc:  # leave a record and close the plugins' files, then re-raise
         _finish(run, {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "generations": run.generation})
         raise
     summary = {"status": "finished", **result, **final_evaluation(run)}
-    for extra in reversed(_call(run, "evoens_summary", run=run)):
+    for extra in reversed(call_hook(run, "evoens_summary", run=run)):
         summary.update(extra or {})
     _finish(run, summary)
     return summary

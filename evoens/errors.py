@@ -30,3 +30,10 @@ class RegistryError(UserError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class RunError(Exception):
+    """The run cannot go on for a reason outside its inputs (a full disk, an unwritable directory).
+
+    The CLI prints it as one line and exits with code 1; the run's summary says ``"failed"`` and
+    what was saved before stays intact, so ``evoens resume`` continues once the cause is fixed."""

@@ -5,8 +5,9 @@ network, a Python loop). Here the whole ``(N, D)`` batch of sampled solutions be
 :class:`~evoens.population.Population` and is evaluated in a single batched forward, while the
 search itself (SNES, XNES, PGPE, CMA-ES, CEM, GA, ranking, optimizers) stays EvoTorch's own.
 EvoTorch's ``num_actors`` passes straight through, so Ray spreads evaluation over processes and
-machines; inside an actor the evaluation is the pure-torch default (plugin hooks run in the
-main process only).
+machines; inside an actor the evaluation is the pure-torch default: in the main process the
+candidates still pass ``evoens_after_ask`` before and ``evoens_after_evaluate`` after it (without
+outputs, which stay in the actors), while ``evoens_evaluate`` is not called.
 
 Reference: Toklu et al., "EvoTorch: Scalable Evolutionary Computation in Python", 2023
 (arXiv:2302.12600).
@@ -22,10 +23,12 @@ import torch
 from evotorch import Problem, SolutionBatch
 from torch import nn
 
-from evoens.bridge import Batch, Evaluator, GenerationHooks, attach_searcher
+from evoens import _evotorch_compat as compat
+from evoens.candidates import Candidates, Evaluation
 from evoens.checkpoint import object_state, restore_object
 from evoens.datasets import Batcher
 from evoens.fitness import FitnessFn, fitness_stats, sanitize
+from evoens.phases import Batch, Evaluate, Phases
 from evoens.population import Population, module_to_flat
 
 logging.getLogger("evotorch").setLevel(logging.WARNING)  # one INFO line per Problem otherwise
@@ -36,10 +39,14 @@ SearcherFactory = Callable[[Problem, int, Mapping[str, Any], torch.Tensor], Any]
 class PopulationProblem(Problem):
     """A vectorized EvoTorch ``Problem`` whose batch evaluation is one population forward.
 
+    The EvoTorch private methods it overrides are listed in ``evoens._evotorch_compat.PROBLEM_HOOKS``
+    (tests fail when EvoTorch renames one).
+
     ``fitness_fn`` maps ``(N, B, C)`` outputs and ``(B,)`` targets to ``(N,)`` (maximised).
     ``batch`` is the current ``(x, y)`` minibatch, shared by all solutions of a generation and
-    sent to Ray actors through EvoTorch's sync mechanism. ``evaluator`` (main process only)
-    replaces the default evaluation, e.g. by the plugin hook ``evoens_evaluate``.
+    sent to Ray actors through EvoTorch's sync mechanism. ``evaluate`` (main process only) is the
+    generation's :class:`~evoens.phases.Evaluate` (the plugin phases); without it the default
+    evaluation runs.
     """
 
     def __init__(
@@ -58,8 +65,7 @@ class PopulationProblem(Problem):
         self.strategy = strategy
         self.max_chunk = max_chunk
         self.batch: Batch | None = None
-        self.evaluator: Evaluator | None = None
-        self.nonfinite = torch.zeros((), dtype=torch.long)
+        self.evaluate_phases: Evaluate | None = None
         super().__init__(
             "max",
             solution_length=sum(p.numel() for p in template.parameters()),
@@ -75,12 +81,11 @@ class PopulationProblem(Problem):
 
     @property
     def _nonserialized_attribs(self) -> list[str]:
-        return [*super()._nonserialized_attribs, "evaluator"]
+        return compat.nonserialized_attribs(super(), "evaluate_phases")
 
     def seed(self, seed: int | None = None) -> None:
-        """EvoTorch 0.6.1's ``EvaluationActor`` calls ``problem.seed()``, which ``Problem`` lacks
-        (it has ``manual_seed``): without this alias a seeded problem cannot start Ray actors."""
-        self.manual_seed(seed)
+        """EvoTorch's Ray actors call ``problem.seed()``; see ``evoens._evotorch_compat.seed_problem``."""
+        compat.seed_problem(self, seed)
 
     def _get_best_and_worst(self, batch: SolutionBatch) -> dict[str, torch.Tensor]:
         """The best solution so far, tracked on the device without a host sync (EvoTorch's own
@@ -101,9 +106,12 @@ class PopulationProblem(Problem):
     def _use_sync_data_from_main(self, received: Any) -> None:
         self.batch = received
 
-    def default_evaluate(self, population: Population, batch: Batch) -> torch.Tensor:
-        x, y = batch
-        return self.fitness_fn(population(x), y)  # (N,)
+    def candidates_of(self, values: torch.Tensor) -> Candidates:
+        """The ``(N, D)`` solutions as one species of the template (a view: no copy)."""
+        return Candidates([Population(self.template, values, strategy=self.strategy, max_chunk=self.max_chunk)])
+
+    def default_evaluate(self, candidates: Candidates, batch: Batch) -> Evaluation:
+        return candidates.evaluate(self.fitness_fn, batch)  # (N,)
 
     def _fill(self, values: torch.Tensor) -> None:
         # GA and other population-based searchers start from P freshly initialised networks
@@ -115,25 +123,45 @@ class PopulationProblem(Problem):
         if self.batch is None:
             raise RuntimeError("PopulationProblem.batch is unset: set it before each generation")
         values = batch.values.as_subclass(torch.Tensor)  # (N, D), EvoTorch's ReadOnlyTensor unwrapped
-        population = Population(self.template, values, strategy=self.strategy, max_chunk=self.max_chunk)
+        candidates = self.candidates_of(values)
         x, y = (t.to(values.device, non_blocking=True) for t in self.batch)
         with torch.no_grad():
-            fitness = (self.evaluator or self.default_evaluate)(population, (x, y))  # (N,)
-        clean, bad = sanitize(fitness.detach().to(values.dtype))
-        self.nonfinite = self.nonfinite.to(bad.device) + bad
-        batch.set_evals(clean)
+            if self.evaluate_phases is not None:
+                clean = self.evaluate_phases(candidates, (x, y)).clean  # (N,)
+            else:
+                clean = sanitize(self.default_evaluate(candidates, (x, y)).fitness.detach())[0]
+        batch.set_evals(clean.to(values.dtype))
 
 
 class EvolutionTrainer:
-    """One generation = draw a minibatch, then one EvoTorch ``searcher.step()``."""
+    """One generation = draw a minibatch, then one EvoTorch ``searcher.step()``, whose evaluation
+    of the sampled solutions is the generation's evaluation phases."""
 
-    def __init__(self, problem: PopulationProblem, searcher: Any, batcher: Batcher, hooks: GenerationHooks) -> None:
+    def __init__(self, problem: PopulationProblem, searcher: Any, batcher: Batcher) -> None:
         self.problem = problem
         self.searcher = searcher
         self.batcher = batcher
-        problem.evaluator = hooks.evaluate
-        self.extras: dict[str, Any] = {}  # statistics returned by plugin hooks this generation
-        attach_searcher(searcher, hooks, self._stats, self.extras)
+        self._phases: Phases | None = None  # this generation's, for evaluations in Ray actors
+        if problem.num_actors:
+            self._attach_remote_phases()
+
+    def _attach_remote_phases(self) -> None:
+        """With Ray actors the evaluation runs remotely, where no plugin lives: the main process
+        still runs the phases around it, through EvoTorch's own evaluation hooks."""
+        problem = self.problem
+
+        def before(batch: SolutionBatch) -> None:
+            if self._phases is not None:
+                self._phases.after_ask(problem.candidates_of(batch.access_values(keep_evals=True)))
+
+        def after(batch: SolutionBatch) -> None:
+            if self._phases is not None:
+                fitness = batch.evals[:, 0].as_subclass(torch.Tensor)  # (N,) sanitized in the actors
+                self._phases.after_evaluate(problem.candidates_of(batch.values.as_subclass(torch.Tensor)),
+                                            Evaluation(fitness))  # fmt: skip
+
+        problem.before_eval_hook.append(before)
+        problem.after_eval_hook.append(after)
 
     def _stats(self) -> dict[str, Any]:
         population = self.searcher.population
@@ -141,16 +169,19 @@ class EvolutionTrainer:
         return {
             **fitness_stats(evals),
             "best_ever_fitness": self.problem.best_eval,
-            "nonfinite": self.problem.nonfinite,
             "diversity": population.values.std(dim=0, correction=0).mean(),  # mean per-weight std
         }
 
-    def step(self, generation: int) -> dict[str, Any]:
-        self.problem.nonfinite = torch.zeros((), dtype=torch.long)
+    def step(self, generation: int, evaluate: Evaluate) -> dict[str, Any]:
         self.problem.batch = self.batcher.next()
-        self.extras.clear()
-        self.searcher.step()
-        return {**self._stats(), **self.extras}
+        remote = bool(self.problem.num_actors)
+        self._phases = evaluate if remote and isinstance(evaluate, Phases) else None
+        self.problem.evaluate_phases = None if remote else evaluate
+        try:
+            self.searcher.step()
+        finally:
+            self.problem.evaluate_phases, self._phases = None, None
+        return self._stats()
 
     def state_dict(self) -> dict[str, Any]:
         return {"searcher": object_state(self.searcher), "problem": object_state(self.problem)}
@@ -159,28 +190,20 @@ class EvolutionTrainer:
         """Restore into this freshly built trainer. One silent priming step first creates what
         EvoTorch builds lazily (population, optimizer state), so every saved value has a home;
         the caller restores the batcher and RNGs afterwards, which undoes the step's draws."""
-        hooks = [self.problem.before_eval_hook, self.problem.after_eval_hook, self.searcher.after_step_hook]
-        saved = [list(h) for h in hooks]
-        evaluator, self.problem.evaluator = self.problem.evaluator, None
-        try:
-            for h in hooks:
-                h.clear()
-            self.problem.batch = self.batcher.next()
-            self.searcher.step()
-        finally:
-            for h, funcs in zip(hooks, saved):
-                h.extend(funcs)
-            self.problem.evaluator = evaluator
+        self.problem.batch = self.batcher.next()
+        self.searcher.step()  # no phases attached: plugins see nothing of it
         restore_object(self.searcher, state["searcher"])
         restore_object(self.problem, state["problem"])
 
-    def candidates(self) -> dict[str, torch.Tensor]:
-        """Flat ``(D,)`` parameter vectors worth testing as the run's final model."""
+    def candidates(self) -> Candidates:
+        """The solutions worth testing as the run's final model: the best so far (and, for
+        distribution-based searchers, the mean)."""
         found = {"best": self.problem.best_values}
         status = self.searcher.status
-        if "center" in status:  # distribution-based searchers: their mean
+        if "center" in status:
             found["center"] = status["center"]
-        return {k: v.as_subclass(torch.Tensor).detach().clone() for k, v in found.items()}
+        rows = torch.stack([v.as_subclass(torch.Tensor).detach().clone() for v in found.values()])  # (K, D)
+        return Candidates([self.problem.candidates_of(rows).species[0]], names=list(found))
 
 
 def build_evolution(
@@ -188,7 +211,6 @@ def build_evolution(
     fitness_fn: FitnessFn,
     searcher_factory: SearcherFactory,
     batcher: Batcher,
-    hooks: GenerationHooks,
     *,
     popsize: int,
     options: Mapping[str, Any],
@@ -204,4 +226,4 @@ def build_evolution(
     )
     center = module_to_flat(template).to(device)  # (D,)
     searcher = searcher_factory(problem, popsize, options, center)
-    return EvolutionTrainer(problem, searcher, batcher, hooks)
+    return EvolutionTrainer(problem, searcher, batcher)

@@ -14,9 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from evoens.bridge import GenerationHooks
+from evoens.candidates import Candidates
 from evoens.datasets import Batcher
-from evoens.fitness import fitness_stats, sanitize
+from evoens.fitness import fitness_stats
+from evoens.phases import Evaluate
 from evoens.population import Population
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
@@ -29,22 +30,15 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
 class GradientTrainer:
     """One generation = one optimizer step on one minibatch for all P members."""
 
-    def __init__(
-        self, population: Population, optimizer: torch.optim.Optimizer, batcher: Batcher, hooks: GenerationHooks
-    ) -> None:
+    def __init__(self, population: Population, optimizer: torch.optim.Optimizer, batcher: Batcher) -> None:
         self.population = population
         self.optimizer = optimizer
         self.batcher = batcher
-        self.hooks = hooks
 
-    def step(self, generation: int) -> dict[str, Any]:
+    def step(self, generation: int, evaluate: Evaluate) -> dict[str, Any]:
         pop = self.population
         x, y = (t.to(pop.flat.device, non_blocking=True) for t in self.batcher.next())
-        with torch.no_grad():
-            self.hooks.after_ask(pop.flat)
-        fitness = self.hooks.evaluate(pop, (x, y))  # (P,), differentiable
-        clean, bad = sanitize(fitness.detach())
-        extras = self.hooks.after_evaluate(clean)
+        fitness, clean, _ = evaluate(Candidates([pop]), (x, y))  # (P,), differentiable
         # A member whose loss is NaN/inf is left untouched this step rather than poisoning Adam.
         finite = torch.isfinite(fitness)  # (P,)
         loss = -torch.where(finite, fitness, torch.zeros_like(fitness)).sum()
@@ -52,9 +46,7 @@ class GradientTrainer:
         loss.backward()
         self.optimizer.step()
         diversity = pop.flat.detach().std(dim=0, correction=0).mean()  # mean per-weight std across members
-        stats: dict[str, Any] = {**fitness_stats(clean), "nonfinite": bad, "diversity": diversity, **extras}
-        stats.update(self.hooks.after_tell(stats))
-        return stats
+        return {**fitness_stats(clean), "diversity": diversity}
 
     def state_dict(self) -> dict[str, Any]:
         return {"flat": self.population.flat.detach().clone(), "optimizer": self.optimizer.state_dict()}
@@ -64,15 +56,14 @@ class GradientTrainer:
             self.population.flat.copy_(state["flat"])
         self.optimizer.load_state_dict(state["optimizer"])
 
-    def candidates(self) -> dict[str, torch.Tensor]:
-        """Every member is a candidate final model: ``{"member3": (D,)}``."""
-        return {f"member{i}": row.detach() for i, row in enumerate(self.population.flat)}
+    def candidates(self) -> Candidates:
+        """Every member is a candidate final model (``member0`` ...), as a detached population."""
+        return Candidates([self.population.with_flat(self.population.flat.detach())])
 
 
 def build_gradient(
     template: nn.Module,
     batcher: Batcher,
-    hooks: GenerationHooks,
     *,
     popsize: int,
     optimizer: str = "adam",
@@ -90,4 +81,4 @@ def build_gradient(
     flat = fresh.detach().to(device).requires_grad_(True)
     population = Population(template.to(device), flat, strategy=strategy, max_chunk=max_chunk)
     opt = OPTIMIZERS[optimizer]([flat], lr=lr, weight_decay=weight_decay)
-    return GradientTrainer(population, opt, batcher, hooks)
+    return GradientTrainer(population, opt, batcher)

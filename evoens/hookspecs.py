@@ -6,10 +6,12 @@ Read top to bottom, this file is the table of contents of a run::
     register providers   evoens_register_providers
     run start            evoens_run_start, evoens_run_loop
     per generation       evoens_generation_start
-                           ask/variation  -> evoens_after_ask
-                           evaluate       -> evoens_evaluate, evoens_after_evaluate
+                           ask/variation  -> evoens_after_ask          } once per evaluation,
+                           evaluate       -> evoens_evaluate,          } inside the trainer's
+                                             evoens_after_evaluate     } step (evoens.phases)
                            tell/update    -> evoens_after_tell
-                           report         -> evoens_report, evoens_should_stop
+                           report         -> evoens_report
+                           persist        -> evoens_generation_end, evoens_should_stop
     run end              evoens_summary, evoens_run_end
 
 Plugins implement hooks with ``from evoens import hookimpl``. A hookimpl may take any subset
@@ -31,8 +33,8 @@ import pluggy
 if TYPE_CHECKING:  # pragma: no cover - names for the type hints only
     import torch
 
+    from evoens.candidates import Candidates, Evaluation
     from evoens.config import RunConfig
-    from evoens.population import Population
     from evoens.registry import Provider
     from evoens.run import Run
 
@@ -101,58 +103,87 @@ def evoens_run_loop(run: Run) -> dict[str, Any] | None:
 
 
 # --------------------------------------------------------------------------------------------
-# per generation: ask/variation -> evaluate -> tell/update -> report
+# per generation: ask/variation -> evaluate -> tell/update -> report -> persist
 # --------------------------------------------------------------------------------------------
 
 
 @hookspec
 def evoens_generation_start(run: Run, generation: int) -> None:
-    """A generation begins (``generation`` counts from 0). Return nothing."""
+    """A generation begins (``generation`` counts from 0), before the trainer proposes anything.
+
+    Return nothing.
+    """
 
 
 @hookspec
-def evoens_after_ask(run: Run, generation: int, values: torch.Tensor) -> None:
-    """Candidates exist and are about to be evaluated: the variation phase.
+def evoens_after_ask(run: Run, generation: int, candidates: Candidates) -> None:
+    """The trainer has proposed ``candidates`` and they are about to be evaluated: variation.
 
-    ``values`` is the ``(P, D)`` flat population (EvoTorch's sampled solutions, or the gradient
-    trainer's current parameters); a plugin may modify it in place (clip, binarize, mutate).
-    Called in the main process, once per evaluation. Return nothing.
+    ``candidates.species`` are batched populations (one per architecture; ``candidates.flat``
+    is the ``(P, D)`` parameters when there is one). A plugin may edit parameters in place
+    (clip, binarize, perturb); autograd does not record it. Called once per evaluation, in the
+    main process. Return nothing.
     """
 
 
 @hookspec(firstresult=True)
-def evoens_evaluate(run: Run, population: Population, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor | None:
-    """Return the fitness of every member of ``population`` on ``batch`` (firstresult).
+def evoens_evaluate(
+    run: Run, generation: int, candidates: Candidates, batch: tuple[torch.Tensor, torch.Tensor]
+) -> Evaluation | torch.Tensor | None:
+    """Return the fitness of every candidate on ``batch`` = ``(x, y)`` (firstresult).
 
-    ``population.forward`` runs all P networks in one batched call; ``batch`` is ``(x, y)``.
-    Return a ``(P,)`` tensor, higher is better, on the population's device (no host sync).
-    It must stay differentiable: the gradient trainer maximises it with a torch optimizer.
-    The core's implementation applies the configured fitness evaluator.
+    Return an :class:`evoens.candidates.Evaluation` ``(fitness, outputs)``: ``fitness`` is
+    ``(P,)`` in member order, higher is better, on the candidates' device (no host sync) and
+    differentiable (gradient trainers maximise it); ``outputs`` are the per-species
+    ``(P_s, B, ...)`` outputs it was computed from, which ``evoens_after_evaluate`` receives. A
+    bare ``(P,)`` tensor means "no outputs kept". The core's implementation runs
+    ``candidates(x)`` once and applies the configured fitness evaluator.
     """
 
 
 @hookspec
-def evoens_after_evaluate(run: Run, generation: int, fitness: torch.Tensor) -> dict[str, float] | None:
-    """Fitness of the ``(P,)`` candidates is known (NaN/inf already replaced by the worst value).
+def evoens_after_evaluate(
+    run: Run,
+    generation: int,
+    candidates: Candidates,
+    fitness: torch.Tensor,
+    outputs: tuple[torch.Tensor, ...] | None,
+) -> dict[str, float] | None:
+    """The candidates' fitness is known: ``(P,)``, detached, NaN/inf replaced by the worst value.
 
+    ``outputs`` are exactly the per-species outputs the fitness was computed from (detached), or
+    None when the evaluator kept none; ``candidates.gather(outputs)`` gives ``(P, B, C)`` in
+    member order. An ensemble evaluator computes its statistics here without a second forward.
     Return an optional dict of extra statistics to report for this generation.
     """
 
 
 @hookspec
 def evoens_after_tell(run: Run, generation: int, stats: dict[str, float]) -> dict[str, float] | None:
-    """The search distribution or the optimizer has been updated with the fitness.
+    """The trainer has updated its search distribution or optimizer with the fitness.
 
-    ``stats`` holds this generation's statistics so far (best/mean/median fitness, ...).
-    Return an optional dict of extra statistics (merged into ``stats``).
+    ``stats`` holds this generation's statistics so far (best/mean/median fitness, plugins'
+    extras, ...), values possibly still 0-d tensors on the device. Return an optional dict of
+    extra statistics (merged into ``stats``).
     """
 
 
 @hookspec
 def evoens_report(run: Run, generation: int, stats: dict[str, float]) -> None:
-    """Publish one generation's statistics (logs, TensorBoard, progress bars).
+    """Publish one generation's statistics (logs, TensorBoard, progress bars); values are numbers.
 
-    A reporter that raises is reported and the run continues. Return nothing.
+    An implementation that raises is reported once by plugin name and not called again; the run
+    goes on (reporting never costs a run). Return nothing.
+    """
+
+
+@hookspec
+def evoens_generation_end(run: Run, generation: int, stats: dict[str, float]) -> None:
+    """The generation is complete and reported (``run.generation`` already counts it): persist.
+
+    The checkpoint plugin writes its checkpoints here. Unlike a report, a failure here stops the
+    run (status ``"failed"``); a :class:`evoens.errors.RunError` prints as one line, exit code 1.
+    Return nothing.
     """
 
 

@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ import pluggy
 
 from evoens import hookspecs
 from evoens.errors import PluginError, UserError
-from evoens.registry import Registry
+from evoens.registry import Provider, Registry, require_provider
 
 GROUP = "evoens"
 DISABLE_ENV = "EVOENS_DISABLE_PLUGINS"
@@ -61,6 +61,7 @@ class PluginManager(pluggy.PluginManager):
         self.infos: dict[str, PluginInfo] = {}
         self.failures: list[PluginInfo] = []
         self._registry: Registry | None = None
+        self._report_failures: dict[str, str] = {}  # plugin name -> its report hook's first error
 
     def parse_hookimpl_opts(self, plugin: object, name: str) -> Any:
         opts = super().parse_hookimpl_opts(plugin, name)
@@ -78,7 +79,38 @@ class PluginManager(pluggy.PluginManager):
         if registered is not None:
             self.infos[registered] = info
             self._registry = None
+            self._adapt_impls(plugin, registered)
         return registered
+
+    def _adapt_impls(self, plugin: object, name: str) -> None:
+        """Give two hooks their evoens semantics while pluggy still calls them (so ``tryfirst``,
+        ``trylast``, wrappers, tracing and monitoring apply as to every hook): a failing
+        ``evoens_report`` costs only its own output, and ``evoens_register_providers`` tags each
+        provider with the plugin that registered it."""
+        adapters = {"evoens_report": self._isolated_report, "evoens_register_providers": _tagged_providers}
+        for caller in self.get_hookcallers(plugin) or []:
+            adapt = adapters.get(caller.name)
+            for impl in caller.get_hookimpls() if adapt else ():
+                if impl.plugin is plugin and not (impl.wrapper or impl.hookwrapper):
+                    impl.function = adapt(impl.function, name)
+
+    def _isolated_report(self, function: Any, plugin_name: str) -> Any:
+        def report(*args: Any) -> None:
+            if plugin_name in self._report_failures:
+                return None  # reported once; its output is off for the rest of the run
+            try:
+                return function(*args)
+            except Exception as exc:  # a broken report hook must not cost the user their run
+                self._report_failures[plugin_name] = f"{plugin_name}: {exc!r}"
+                log.warning("plugin '%s' failed in evoens_report: %r; its reports are off, the run goes on",
+                            plugin_name, exc)  # fmt: skip
+                return None
+
+        return report
+
+    def report_errors(self) -> list[str]:
+        """One line per plugin whose ``evoens_report`` raised (for ``summary.json``)."""
+        return list(self._report_failures.values())
 
     @property
     def registry(self) -> Registry:
@@ -227,21 +259,30 @@ def create_plugin_manager(
     return pm
 
 
-def build_registry(pm: pluggy.PluginManager) -> Registry:
-    """Call each plugin's ``evoens_register_providers`` on its own so every provider is tagged
-    with the plugin that registered it, and a failing plugin is named."""
-    registry = Registry()
-    for impl in pm.hook.evoens_register_providers.get_hookimpls():
+def _tagged_providers(function: Any, plugin_name: str) -> Any:
+    def register_providers(*args: Any) -> list[Provider]:
         try:
-            provided = impl.function() or ()
-            for provider in provided:
-                registry.add(provider, impl.plugin_name)
+            provided = list(function(*args) or ())
         except UserError:
             raise
         except Exception as exc:
             raise PluginError(
-                f"plugin '{impl.plugin_name}' failed in evoens_register_providers: {type(exc).__name__}: {exc}"
+                f"plugin '{plugin_name}' failed in evoens_register_providers: {type(exc).__name__}: {exc}"
             ) from exc
+        for p in provided:
+            require_provider(p, plugin_name)
+        return [replace(p, plugin=plugin_name) for p in provided]
+
+    return register_providers
+
+
+def build_registry(pm: pluggy.PluginManager) -> Registry:
+    """Every plugin's providers, through one pluggy call of ``evoens_register_providers`` (each
+    provider already tagged with its plugin by :meth:`PluginManager.register`)."""
+    registry = Registry()
+    for provided in reversed(pm.hook.evoens_register_providers()):  # pluggy answers newest plugin first
+        for provider in provided:
+            registry.add(provider, provider.plugin)
     return registry
 
 

@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
-from evoens.errors import RegistryError
+from evoens.config import parse_options
+from evoens.errors import ConfigError, RegistryError
 
 #: Every kind of provider the core knows. Plugins may use other kinds too (checked by name only).
 KINDS: tuple[str, ...] = (
@@ -31,17 +32,31 @@ KINDS: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class Provider:
-    """One named provider. ``factory`` builds it; its signature depends on the kind."""
+    """One named provider. ``factory`` builds it; its signature depends on the kind
+    (:mod:`evoens.kinds`). ``options``: the dataclass of its config options (``[trainer.options]``,
+    ``[model.options]``, ``[data.options]``), validated before the factory is called; a
+    ``tiny()`` classmethod on it gives the small preset the conformance tests run."""
 
     kind: str
     name: str
     factory: Callable[..., Any]
     description: str = ""
     plugin: str = ""  # filled in by the registry: the plugin that registered it
+    options: type | None = None
+
+
+def require_provider(provider: object, plugin: str) -> None:
+    """A clear error when a plugin hands the registry something that is not a :class:`Provider`."""
+    if not isinstance(provider, Provider):
+        raise RegistryError(
+            f"plugin '{plugin}' registered {provider!r}: evoens_register_providers must return evoens.Provider objects"
+        )
 
 
 def _did_you_mean(name: str, known: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1)
+    known = list(known)
+    snake = name.replace("-", "_")  # provider names are snake_case (the old spelling was kebab-case)
+    close = [snake] if snake in known else difflib.get_close_matches(name, known, n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
@@ -53,11 +68,7 @@ class Registry:
 
     def add(self, provider: Provider, plugin: str = "") -> None:
         """Register ``provider`` on behalf of ``plugin``; a duplicate name is an error."""
-        if not isinstance(provider, Provider):
-            raise RegistryError(
-                f"plugin '{plugin}' registered {provider!r}: evoens_register_providers must "
-                "return evoens.Provider objects"
-            )
+        require_provider(provider, plugin)
         key = (provider.kind, provider.name)
         if key in self._providers:
             other = self._providers[key].plugin
@@ -75,6 +86,16 @@ class Registry:
             known = self.names(kind)
             listing = ", ".join(known) if known else "none registered"
             raise RegistryError(f"unknown {kind} '{name}'{_did_you_mean(name, known)}; known: {listing}") from None
+
+    def options(self, kind: str, name: str, table: dict[str, Any], key: str) -> Any:
+        """Provider ``name``'s options from config ``table`` (at dotted ``key``): an instance of
+        its options dataclass; a provider without one takes no options."""
+        provider = self.get(kind, name)
+        if provider.options is None:
+            if table:
+                raise ConfigError(f"{key}: {kind} '{name}' takes no options, got {', '.join(sorted(table))}")
+            return None
+        return parse_options(provider.options, table, key)
 
     def create(self, kind: str, name: str, *args: Any, **kwargs: Any) -> Any:
         """Shorthand for ``get(kind, name).factory(*args, **kwargs)``."""

@@ -21,7 +21,6 @@ from evoens.datasets import Batcher, DataSplits, Split
 from evoens.errors import UserError
 from evoens.fitness import accuracy
 from evoens.manager import PluginManager
-from evoens.population import Population
 
 
 @dataclass
@@ -37,7 +36,6 @@ class Run:
     batcher: Batcher
     fitness_fn: Any = None
     trainer: Any = None
-    hooks: Any = None
     generation: int = 0  # generations completed (= the index of the one in progress)
     best_fitness: float = float("-inf")  # best population fitness seen so far
     started: float = field(default_factory=time.perf_counter)
@@ -64,8 +62,6 @@ def resolve_device(name: str) -> torch.device:
 
 def build_run(config: RunConfig, out_dir: Path, pm: PluginManager) -> Run:
     """Data, model template, batcher, fitness and trainer, each from its named provider."""
-    from evoens.bridge import PluggyHooks  # bridge imports population; keep run importable alone
-
     torch.manual_seed(config.seed)
     registry = pm.registry
     device = resolve_device(config.device)
@@ -75,8 +71,8 @@ def build_run(config: RunConfig, out_dir: Path, pm: PluginManager) -> Run:
         config, pm, out_dir, device, data, template.to(device), Batcher(data.train, config.data.batch_size, config.seed)
     )
     run.fitness_fn = registry.create("fitness", config.trainer.fitness)
-    run.hooks = PluggyHooks(run)
-    run.trainer = registry.create("trainer", config.trainer.name, run)
+    options = registry.options("trainer", config.trainer.name, config.trainer.options, "trainer.options")
+    run.trainer = registry.create("trainer", config.trainer.name, run, options)
     return run
 
 
@@ -112,39 +108,20 @@ def split_accuracy(forward: Callable[[torch.Tensor], torch.Tensor], split: Split
     return hits / max(len(split.y), 1)
 
 
-def model_accuracy(model: nn.Module, split: Split, chunk: int = 1024) -> torch.Tensor:
-    """Eval-mode accuracy of one module on a whole split: a 0-d tensor."""
-    training = model.training
-    model.eval()
-    try:
-        return split_accuracy(lambda x: model(x).unsqueeze(0), split, chunk)[0]  # (1, B, C) logits
-    finally:
-        model.train(training)
-
-
 def candidate_accuracies(run: Run, completed: int) -> dict[str, Any]:
-    """Validation and test accuracy of the trainer's candidates after ``completed`` generations;
-    the one with the best validation accuracy (training accuracy when there is no validation
-    split) is selected. Candidates are the trainer's ``candidates()`` (flat parameter vectors of
-    the run's template) or, when it has one, its ``candidate_models()`` (modules). Memoized per
-    ``completed``: the last generation's report and the final summary share one evaluation."""
+    """Validation and test accuracy of the trainer's ``candidates()`` after ``completed``
+    generations; the one with the best validation accuracy (training accuracy when there is no
+    validation split) is selected. Memoized per ``completed``: the last generation's report and
+    the final summary share one evaluation."""
     cached = run.plugin_state.get("accuracy")
     if cached is not None and cached[0] == completed:
         return cached[1]
     judge = run.data.val if len(run.data.val.y) else run.data.train
-    models = getattr(run.trainer, "candidate_models", None)
-    if models is not None:  # members of different architectures (e.g. architecture search)
-        names, modules = zip(*models().items())
-        val = torch.stack([model_accuracy(m, judge) for m in modules])  # (K,)
-        pick = int(val.argmax())
-        test = model_accuracy(modules[pick], run.data.test)
-    else:
-        names, vectors = zip(*run.trainer.candidates().items())
-        population = Population(run.template, torch.stack(vectors), strategy=run.config.trainer.strategy)
-        val = split_accuracy(population, judge)  # (K,)
-        pick = int(val.argmax())
-        test = split_accuracy(population.with_flat(population.flat[pick : pick + 1]), run.data.test)[0]
-    found = {"selected": names[pick], "val_accuracy": float(val[pick]), "test_accuracy": float(test)}
+    candidates = run.trainer.candidates()
+    val = split_accuracy(candidates.logits, judge)  # (K,)
+    pick = int(val.argmax())
+    test = split_accuracy(candidates.select([pick]).logits, run.data.test)[0]
+    found = {"selected": candidates.names[pick], "val_accuracy": float(val[pick]), "test_accuracy": float(test)}
     run.plugin_state["accuracy"] = (completed, found)
     return found
 

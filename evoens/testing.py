@@ -9,6 +9,7 @@ def test_my_plugin_reports(tmp_path):
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Iterable
 from dataclasses import replace
@@ -22,6 +23,7 @@ from evoens.builtins import CORE_PLUGINS
 from evoens.config import RunConfig, config_from_dict
 from evoens.manager import PluginManager, create_plugin_manager
 from evoens.population import Population
+from evoens.registry import Registry
 
 
 def core_plugins() -> list[tuple[str, Any]]:
@@ -75,6 +77,13 @@ def tiny_config(**overrides: Any) -> RunConfig:
     for key, value in overrides.items():
         base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
     return config_from_dict(base)
+
+
+def tiny_options(registry: Registry, kind: str, name: str) -> dict[str, Any]:
+    """The ``tiny()`` preset of provider ``name``'s options as a config table ({} without one)."""
+    cls = registry.get(kind, name).options
+    preset = getattr(cls, "tiny", None)
+    return dataclasses.asdict(preset()) if preset is not None else {}
 
 
 def run_inline(config: RunConfig, out_dir: str | Path, *plugins: Any, **manager_kw: Any) -> dict[str, Any]:

@@ -42,10 +42,10 @@ def conversions(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     for cls in (evoens.evolution.EvolutionTrainer, evoens.gradient.GradientTrainer):
         original_step = cls.step
 
-        def step(self: Any, generation: int, _original: Any = original_step) -> Any:
+        def step(self: Any, generation: int, evaluate: Any, _original: Any = original_step) -> Any:
             inside[0] = True
             try:
-                return _original(self, generation)
+                return _original(self, generation, evaluate)
             finally:
                 inside[0] = False
 

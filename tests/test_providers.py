@@ -9,7 +9,7 @@ import torch
 
 from evoens.config import ModelConfig
 from evoens.population import Population
-from evoens.testing import make_plugin_manager, run_inline, tiny_config
+from evoens.testing import make_plugin_manager, run_inline, tiny_config, tiny_options
 
 REGISTRY = make_plugin_manager(entry_points=True).registry  # the core and every installed plugin
 CHECKED = {"fitness", "model", "dataset", "searcher", "trainer", "reporter"}
@@ -70,7 +70,8 @@ def test_offline_dataset_splits(name: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", _names("trainer"))
 def test_trainer_runs_and_reports(name: str, tmp_path: Path) -> None:
-    summary = run_inline(tiny_config(generations=2, trainer={"name": name}), tmp_path, entry_points=True)
+    trainer = {"name": name, "options": tiny_options(REGISTRY, "trainer", name)}
+    summary = run_inline(tiny_config(generations=2, trainer=trainer), tmp_path, entry_points=True)
     assert summary["generations"] == 2 and 0.0 <= summary["test_accuracy"] <= 1.0
 
 

@@ -1,6 +1,8 @@
-"""The checkpoint plugin: a checkpoint every ``checkpoint.every`` generations and one when
-SIGINT or SIGTERM arrives (after which the run stops cleanly, its summary saying
-``"status": "interrupted"``); ``evoens resume DIR`` continues from the newest one."""
+"""The checkpoint plugin: at the end of a generation (``evoens_generation_end``, after its
+report) a checkpoint every ``checkpoint.every`` generations, and one when SIGINT or SIGTERM
+arrives (after which the run stops cleanly, its summary saying ``"status": "interrupted"``);
+``evoens resume DIR`` continues from the newest one. A checkpoint that cannot be written stops
+the run (:class:`~evoens.errors.RunError`, exit code 1) with the previous ones intact."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ import threading
 from typing import Any
 
 from evoens import hookimpl
-from evoens.checkpoint import save
+from evoens.checkpoint import checkpoint_dir, save
+from evoens.errors import RunError
 from evoens.run import Run, run_state
 
 log = logging.getLogger("evoens")
@@ -34,12 +37,20 @@ def evoens_run_start(run: Run) -> None:
         state["previous"][sig] = signal.signal(sig, stop_after_this_generation)
 
 
-@hookimpl(trylast=True)
-def evoens_report(run: Run, generation: int) -> None:
+@hookimpl
+def evoens_generation_end(run: Run, generation: int) -> None:
+    """Persist (not a report: a checkpoint that cannot be written stops the run)."""
     state = run.plugin_state["checkpoint"]
     every = run.config.checkpoint.every
     if state["signal"] or (every and (generation + 1) % every == 0):
-        save(run.out_dir, run.generation, run_state(run), run.config.checkpoint.keep)
+        try:
+            save(run.out_dir, run.generation, run_state(run), run.config.checkpoint.keep)
+        except OSError as err:
+            where = err.filename or checkpoint_dir(run.out_dir)
+            raise RunError(
+                f"cannot write the checkpoint of generation {run.generation}: {where}: {err.strerror or err}; "
+                f"the previous checkpoints are intact: fix the cause, then `evoens resume {run.out_dir}`"
+            ) from err
 
 
 @hookimpl

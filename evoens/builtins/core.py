@@ -9,24 +9,23 @@ from typing import Any
 import torch
 
 from evoens import Provider, hookimpl
+from evoens.candidates import Candidates, Evaluation
 from evoens.config import ConfigError, DataConfig, ModelConfig
 from evoens.datasets import DATASETS, DataSplits, load_dataset
 from evoens.evolution import EvolutionTrainer, build_evolution
 from evoens.fitness import FITNESS
 from evoens.gradient import GradientTrainer, build_gradient
 from evoens.models import convnet, mlp
-from evoens.population import Population
 from evoens.run import Run, candidate_accuracies
 
 
-def evolution_trainer(run: Run) -> EvolutionTrainer:
+def evolution_trainer(run: Run, options: None) -> EvolutionTrainer:
     cfg = run.config.trainer
     return build_evolution(
         run.template,
         run.fitness_fn,
         run.registry.get("searcher", cfg.searcher).factory,
         run.batcher,
-        run.hooks,
         popsize=cfg.popsize,
         options=cfg.searcher_options,
         device=run.device,
@@ -37,12 +36,11 @@ def evolution_trainer(run: Run) -> EvolutionTrainer:
     )
 
 
-def gradient_trainer(run: Run) -> GradientTrainer:
+def gradient_trainer(run: Run, options: None) -> GradientTrainer:
     cfg = run.config.trainer
     return build_gradient(
         run.template,
         run.batcher,
-        run.hooks,
         popsize=cfg.popsize,
         optimizer=cfg.optimizer,
         lr=cfg.lr,
@@ -93,9 +91,9 @@ def evoens_register_providers() -> Iterator[Provider]:
 
 
 @hookimpl(trylast=True)
-def evoens_evaluate(run: Run, population: Population, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    x, y = batch
-    return run.fitness_fn(population(x), y)  # (P,)
+def evoens_evaluate(run: Run, candidates: Candidates, batch: tuple[torch.Tensor, torch.Tensor]) -> Evaluation:
+    """The configured fitness evaluator on one forward of every species."""
+    return candidates.evaluate(run.fitness_fn, batch)
 
 
 @hookimpl

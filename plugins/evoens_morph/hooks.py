@@ -23,9 +23,10 @@ def evoens_register_providers() -> Iterator[Provider]:
 
     for name, op in ne_ops.OPERATORS.items():
         yield Provider("mutation", name, op, ne_ops.DESCRIPTIONS[name])
-    from evoens_morph.ne_trainer import build_ne_trainer
+    from evoens_morph.ne_trainer import NEOptions, build_ne_trainer
 
     yield Provider(
-        "trainer", "r2r-ne", build_ne_trainer, "block-level R2R neuroevolution with shared weights (Painter 2018)"
+        "trainer", "r2r_ne", build_ne_trainer, "block-level R2R neuroevolution with shared weights (Painter 2018)",
+        options=NEOptions,
     )
     # ---- end morph-ne ----

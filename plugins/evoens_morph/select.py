@@ -3,10 +3,10 @@
 M. Painter, "Deep Neuroevolution with Shared Parameters: Ensembling a Better Solution" (cs231n
 report, Stanford 2018), Algorithms 2 (select best) and 3 (select diverse).
 
-Individuals of one architecture form a *species*; each species is evaluated as ONE batched
-:class:`evoens.population.Population` (stacked copies of the members' parameters and buffers), so a
-population of M networks over S architectures costs S batched forwards per input chunk, not M.
-Selection works on the ``(M, N)`` correctness matrix this produces. Pure torch, no pluggy.
+Individuals of one architecture form a *species*, evaluated as ONE batched population by the
+core (:mod:`evoens.candidates`: ``species``, ``species_logits``, re-exported here), so a population
+of M networks over S architectures costs S batched forwards per input chunk, not M. Selection works
+on the ``(M, N)`` correctness matrix this produces. Pure torch, no pluggy.
 """
 
 from __future__ import annotations
@@ -16,40 +16,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from evoens.population import Population, signature
+from evoens.candidates import species, species_logits
 
-
-def species(models: Sequence[nn.Module]) -> list[list[int]]:
-    """Indices of ``models`` grouped by architecture signature, groups in order of first appearance."""
-    groups: dict[str, list[int]] = {}
-    for i, m in enumerate(models):
-        groups.setdefault(signature(m), []).append(i)
-    return list(groups.values())
-
-
-@torch.no_grad()
-def species_logits(models: Sequence[nn.Module], x: Tensor, *, batch_size: int = 1000, strategy: str = "vmap") -> Tensor:
-    """Eval-mode outputs of every model on ``x`` (B, ...): ``(M, B, C)``, one batched forward per species
-    and input chunk of ``batch_size`` examples."""
-    if not models:
-        raise ValueError("species_logits: no models to evaluate")
-    if batch_size < 1:
-        raise ValueError(f"species_logits: batch_size={batch_size} must be >= 1")
-    modes = [m.training for m in models]
-    for m in models:
-        m.eval()
-    try:
-        out: list[Tensor | None] = [None] * len(models)
-        for group in species(models):
-            pop = Population.from_modules([models[i] for i in group], strategy=strategy, max_chunk=len(group))
-            chunks = [pop(x[s : s + batch_size], per_member=False) for s in range(0, len(x), batch_size)]
-            logits = torch.cat(chunks, dim=1)  # (P, B, C)
-            for row, i in enumerate(group):
-                out[i] = logits[row]
-        return torch.stack(out)  # (M, B, C)
-    finally:
-        for m, mode in zip(models, modes):
-            m.train(mode)
+__all__ = ["correctness", "select_best", "select_diverse", "species", "species_logits"]
 
 
 def correctness(models: Sequence[nn.Module], x: Tensor, y: Tensor, **kw: object) -> Tensor:

@@ -13,8 +13,11 @@ import torch
 from evoens_morph.ne import MutationConfig, NEConfig, neuroevolve
 from evoens_morph.ne_trainer import NETrainer
 
+from evoens.candidates import Candidates
 from evoens.cli import main
 from evoens.config import ConfigError, loads_config
+from evoens.fitness import accuracy
+from evoens.phases import standalone
 from evoens.run import build_run
 from evoens.testing import make_plugin_manager
 
@@ -27,11 +30,11 @@ reporters = ["jsonl"]
 name = "digits"
 batch_size = 32
 [trainer]
-name = "r2r-ne"
+name = "r2r_ne"
 popsize = 4
 lr = 0.003
 weight_decay = 1e-5
-[trainer.searcher_options]
+[trainer.options]
 initial_steps = 40
 steps_per_iteration = 30
 select_k = 2
@@ -40,6 +43,13 @@ widths = [4, 8]
 every = 1
 keep = 5
 """
+
+
+def _evaluate(candidates: Candidates, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    return accuracy(candidates.logits(batch[0]), batch[1])
+
+
+EVALUATE = standalone(_evaluate)
 
 
 def _trainer(tmp_path: Path, text: str = CONFIG) -> NETrainer:
@@ -51,7 +61,7 @@ def _trainer(tmp_path: Path, text: str = CONFIG) -> NETrainer:
 def test_a_run_equals_neuroevolve(tmp_path: Path) -> None:
     trainer = _trainer(tmp_path)
     for generation in range(3):
-        stats = trainer.step(generation)
+        stats = trainer.step(generation, EVALUATE)
     assert stats["population"] == 4 and 0.0 <= float(stats["best_fitness"]) <= 1.0
     cfg = NEConfig(
         initial_steps=40, steps_per_iteration=30, select_k=2, population=4, iterations=2, lr=0.003,
@@ -87,7 +97,7 @@ def test_resume_from_a_checkpoint_is_exact(tmp_path: Path) -> None:
 def test_restored_population_shares_blocks_like_the_original(tmp_path: Path) -> None:
     trainer = _trainer(tmp_path)
     for generation in range(2):
-        trainer.step(generation)
+        trainer.step(generation, EVALUATE)
     state = trainer.state_dict()
     path = tmp_path / "state.pt"
     torch.save(state, path)
@@ -108,8 +118,8 @@ def test_restored_population_shares_blocks_like_the_original(tmp_path: Path) -> 
 @pytest.mark.parametrize(
     "old,new,message",
     [
-        ("initial_steps = 40", "initial_stepz = 40", "unknown key(s) initial_stepz for trainer 'r2r-ne'"),
-        ("select_k = 2", "select_k = 2\nselect = 'random'", "select = 'random': use one of best, diverse"),
+        ("initial_steps = 40", "initial_stepz = 40", "unknown key 'trainer.options.initial_stepz' (did you mean"),
+        ("select_k = 2", "select_k = 2\nselect = 'random'", "trainer.options.select = 'random': must be one of best"),
         ("select_k = 2", "select_k = 9", "select_k (9) <= population (4)"),
         ("widths = [4, 8]", "widths = [4, 8]\nkernel_probs = {2 = 1.0}", "odd kernel sizes"),
         ('name = "digits"', 'name = "mnist1d"', "needs square images"),
@@ -123,19 +133,11 @@ def test_bad_options_are_one_line(tmp_path: Path, old: str, new: str, message: s
 
 def test_the_example_config_runs(tmp_path: Path) -> None:
     example = Path(__file__).parents[2] / "examples" / "r2r-ne-digits.toml"
-    fast = ["trainer.searcher_options.initial_steps=20", "trainer.searcher_options.steps_per_iteration=10"]
+    fast = ["trainer.options.initial_steps=20", "trainer.options.steps_per_iteration=10"]
     args = ["run", str(example), "--out", str(tmp_path / "run"), *sum((["--set", s] for s in fast), [])]
     assert main(args) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["generations"] == 4 and summary["final_stats"]["population"] == 6
-
-
-class _Hooks:
-    def after_evaluate(self, fitness: torch.Tensor) -> dict:
-        return {}
-
-    def after_tell(self, stats: dict) -> dict:
-        return {}
 
 
 @pytest.mark.parametrize("flat", [True, False])
@@ -144,10 +146,9 @@ def test_candidates_take_the_runs_inputs_as_they_come(flat: bool) -> None:
     x, y = torch.randn(64, 1, 8, 8, generator=g), torch.randint(3, (64,), generator=g)
     data = x.flatten(1) if flat else x  # digits-like (N, 64) or MNIST-like (N, 1, 8, 8)
     cfg = NEConfig(initial_steps=3, steps_per_iteration=2, select_k=1, population=2, widths=(4,), batch_size=16)
-    trainer = NETrainer(cfg, "best", (data, y), (data, y), (1, 8, 8), _Hooks())
-    trainer.step(0)
-    trainer.step(1)
-    models = trainer.candidate_models()
-    assert len(models) == 2
-    for model in models.values():
-        assert model(data[:5]).shape == (5, 3)
+    trainer = NETrainer(cfg, "best", (data, y), (data, y), (1, 8, 8))
+    trainer.step(0, EVALUATE)
+    trainer.step(1, EVALUATE)
+    candidates = trainer.candidates()
+    assert len(candidates) == 2 and candidates.names == tuple(f"ne{ind.uid}" for ind in trainer.pop)
+    assert candidates.logits(data[:5]).shape == (2, 5, 3)
