@@ -220,8 +220,8 @@ def _notes(rows: list[dict[str, Any]]) -> list[str]:
         notes.append(
             f"- {model}, {name} P={P}: forward {100 * row['forward_share']:.0f}% of {row['ms_per_gen']:.1f} ms, "
             f"search {100 * row['search_share']:.0f}% ({verdict}); {row['x_stock']:.1f}x EvoTorch SupervisedNE; "
-            f"{plain['ms_per_gen'] / row['ms_per_gen']:.2f}x the generation with EvoTorch's own sampling and "
-            f"gradients (search share {100 * plain['search_share']:.0f}% there)"
+            f"with EvoTorch's own sampling and gradients a generation takes "
+            f"{plain['ms_per_gen'] / row['ms_per_gen']:.2f}x as long (search share {100 * plain['search_share']:.0f}%)"
         )
     return notes
 
