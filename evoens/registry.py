@@ -15,20 +15,6 @@ from typing import Any
 from evoens.config import parse_options
 from evoens.errors import ConfigError, RegistryError
 
-#: Every kind of provider the core knows. Plugins may use other kinds too (checked by name only).
-KINDS: tuple[str, ...] = (
-    "trainer",  # drives one generation: evolution (EvoTorch searchers), gradient (torch optimizers)
-    "searcher",  # an EvoTorch SearchAlgorithm factory: snes, xnes, pgpe, cmaes, cem, ga
-    "model",  # architecture builders: mlp, convnet
-    "dataset",  # DataSplits loaders: digits, mnist, gaussian, ...
-    "fitness",  # (P, B, C) outputs + (B,) targets -> (P,) fitness, higher is better
-    "reporter",  # per-generation statistics sinks: jsonl, tensorboard, progress
-    "weight_generator",  # hypernetworks emitting population weights
-    "grad_estimator",  # STE / NES / CDG gradient estimators
-    "mutation",  # function-preserving or random mutation operators
-    "benchmark",  # `evoens bench NAME` suites
-)
-
 
 @dataclass(frozen=True)
 class Provider:
@@ -55,7 +41,7 @@ def require_provider(provider: object, plugin: str) -> None:
 
 def _did_you_mean(name: str, known: Iterable[str]) -> str:
     known = list(known)
-    snake = name.replace("-", "_")  # provider names are snake_case (the old spelling was kebab-case)
+    snake = name.replace("-", "_").replace(".", "_")  # names are snake_case (old ones: kebab-case)
     close = [snake] if snake in known else difflib.get_close_matches(name, known, n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
 

@@ -19,13 +19,18 @@ from evoens.checkpoint import rng_state, set_rng_state
 from evoens.config import RunConfig
 from evoens.datasets import Batcher, DataSplits, Split
 from evoens.errors import UserError
-from evoens.fitness import accuracy
+from evoens.fitness import FitnessFn, accuracy
+from evoens.kinds import Trainer
 from evoens.manager import PluginManager
+from evoens.registry import Registry
+from evoens.stash import Stash, StashKey
 
 
-@dataclass
-class Run:
-    """Everything one run holds; plugins receive it as the ``run`` argument of every hook."""
+@dataclass(frozen=True)
+class RunContext:
+    """What a run is built from, read-only: provider factories (trainers first of all) get this,
+    never the half-built :class:`Run`. ``template`` is the initial architecture of the model
+    provider; trainers whose members change shape start from it and go their own way."""
 
     config: RunConfig
     pm: PluginManager
@@ -34,21 +39,83 @@ class Run:
     data: DataSplits
     template: nn.Module
     batcher: Batcher
-    fitness_fn: Any = None
-    trainer: Any = None
-    generation: int = 0  # generations completed (= the index of the one in progress)
-    best_fitness: float = float("-inf")  # best population fitness seen so far
-    started: float = field(default_factory=time.perf_counter)
-    summary: dict[str, Any] = field(default_factory=dict)
-    plugin_state: dict[str, Any] = field(default_factory=dict)  # plugins keep per-run objects here
+    fitness_fn: FitnessFn
 
     @property
     def hook(self) -> Any:
         return self.pm.hook
 
     @property
-    def registry(self) -> Any:
+    def registry(self) -> Registry:
         return self.pm.registry
+
+
+@dataclass
+class Run:
+    """Everything one run holds; plugins receive it as the ``run`` argument of every hook: the
+    read-only :class:`RunContext` (also as ``run.config``, ``run.data``, ...), the trainer, the
+    progress, and a typed :class:`~evoens.stash.Stash` for plugins' per-run objects."""
+
+    context: RunContext
+    trainer: Trainer
+    generation: int = 0  # generations completed (= the index of the one in progress)
+    best_fitness: float = float("-inf")  # best population fitness seen so far
+    started: float = field(default_factory=time.perf_counter)
+    summary: dict[str, Any] = field(default_factory=dict)
+    stash: Stash = field(default_factory=Stash)
+
+    @property
+    def config(self) -> RunConfig:
+        """The validated run config."""
+        return self.context.config
+
+    @property
+    def pm(self) -> PluginManager:
+        """The plugin manager."""
+        return self.context.pm
+
+    @property
+    def out_dir(self) -> Path:
+        """The run directory."""
+        return self.context.out_dir
+
+    @property
+    def device(self) -> torch.device:
+        """Where the candidates are evaluated."""
+        return self.context.device
+
+    @property
+    def data(self) -> DataSplits:
+        """Train/val/test splits on the device."""
+        return self.context.data
+
+    @property
+    def template(self) -> nn.Module:
+        """The initial architecture."""
+        return self.context.template
+
+    @property
+    def batcher(self) -> Batcher:
+        """The training minibatches."""
+        return self.context.batcher
+
+    @property
+    def fitness_fn(self) -> FitnessFn:
+        """The configured fitness evaluator."""
+        return self.context.fitness_fn
+
+    @property
+    def hook(self) -> Any:
+        """The plugin manager's hook relay."""
+        return self.context.hook
+
+    @property
+    def registry(self) -> Registry:
+        """Every provider of every plugin."""
+        return self.context.registry
+
+
+ACCURACY = StashKey[tuple[int, dict[str, Any]]]()  # candidate_accuracies' memo: (completed, found)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -67,13 +134,12 @@ def build_run(config: RunConfig, out_dir: Path, pm: PluginManager) -> Run:
     device = resolve_device(config.device)
     data = registry.create("dataset", config.data.name, config.data, config.seed).to(device)
     template = registry.create("model", config.model.name, data.input_shape, data.num_classes, config.model)
-    run = Run(
-        config, pm, out_dir, device, data, template.to(device), Batcher(data.train, config.data.batch_size, config.seed)
-    )
-    run.fitness_fn = registry.create("fitness", config.trainer.fitness)
+    context = RunContext(
+        config, pm, out_dir, device, data, template.to(device),
+        Batcher(data.train, config.data.batch_size, config.seed), registry.create("fitness", config.trainer.fitness),
+    )  # fmt: skip
     options = registry.options("trainer", config.trainer.name, config.trainer.options, "trainer.options")
-    run.trainer = registry.create("trainer", config.trainer.name, run, options)
-    return run
+    return Run(context, registry.create("trainer", config.trainer.name, context, options))
 
 
 def run_state(run: Run) -> dict[str, Any]:
@@ -113,7 +179,7 @@ def candidate_accuracies(run: Run, completed: int) -> dict[str, Any]:
     generations; the one with the best validation accuracy (training accuracy when there is no
     validation split) is selected. Memoized per ``completed``: the last generation's report and
     the final summary share one evaluation."""
-    cached = run.plugin_state.get("accuracy")
+    cached = run.stash.get(ACCURACY, None)
     if cached is not None and cached[0] == completed:
         return cached[1]
     judge = run.data.val if len(run.data.val.y) else run.data.train
@@ -122,7 +188,7 @@ def candidate_accuracies(run: Run, completed: int) -> dict[str, Any]:
     pick = int(val.argmax())
     test = split_accuracy(candidates.select([pick]).logits, run.data.test)[0]
     found = {"selected": candidates.names[pick], "val_accuracy": float(val[pick]), "test_accuracy": float(test)}
-    run.plugin_state["accuracy"] = (completed, found)
+    run.stash[ACCURACY] = (completed, found)
     return found
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from evoens import __version__
+from evoens.builtins.reporters import ACTIVE
 from evoens.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,7 +142,7 @@ def test_progress_bar_only_on_a_terminal(tmp_path: Path, monkeypatch: pytest.Mon
     class Peek:
         @hookimpl(trylast=True)
         def evoens_run_start(self, run: object) -> None:
-            seen.append(sorted(run.plugin_state["reporters"]))  # type: ignore[attr-defined]
+            seen.append(sorted(run.stash[ACTIVE]))  # type: ignore[attr-defined]
 
     run_inline(tiny_config(generations=1), tmp_path, Peek())
     assert seen == [["progress"] if tty else []]

@@ -15,15 +15,17 @@ from evoens import hookimpl
 from evoens.checkpoint import checkpoint_dir, save
 from evoens.errors import RunError
 from evoens.run import Run, run_state
+from evoens.stash import StashKey
 
 log = logging.getLogger("evoens")
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STATE = StashKey[dict[str, Any]]()  # {"signal": name or None, "previous": {signal: handler}}
 
 
 @hookimpl
 def evoens_run_start(run: Run) -> None:
     state: dict[str, Any] = {"signal": None, "previous": {}}
-    run.plugin_state["checkpoint"] = state
+    run.stash[STATE] = state
     if threading.current_thread() is not threading.main_thread():
         return  # signal handlers can only be installed from the main thread
 
@@ -40,7 +42,7 @@ def evoens_run_start(run: Run) -> None:
 @hookimpl
 def evoens_generation_end(run: Run, generation: int) -> None:
     """Persist (not a report: a checkpoint that cannot be written stops the run)."""
-    state = run.plugin_state["checkpoint"]
+    state = run.stash[STATE]
     every = run.config.checkpoint.every
     if state["signal"] or (every and (generation + 1) % every == 0):
         try:
@@ -55,16 +57,16 @@ def evoens_generation_end(run: Run, generation: int) -> None:
 
 @hookimpl
 def evoens_should_stop(run: Run) -> bool | None:
-    return True if run.plugin_state["checkpoint"]["signal"] else None
+    return True if run.stash[STATE]["signal"] else None
 
 
 @hookimpl
 def evoens_summary(run: Run) -> dict[str, Any] | None:
-    received = run.plugin_state["checkpoint"]["signal"]
+    received = run.stash[STATE]["signal"]
     return {"status": "interrupted", "signal": received} if received else None
 
 
 @hookimpl
 def evoens_run_end(run: Run) -> None:
-    for sig, handler in run.plugin_state.get("checkpoint", {}).get("previous", {}).items():
+    for sig, handler in run.stash.get(STATE, {}).get("previous", {}).items():
         signal.signal(sig, handler)

@@ -16,10 +16,10 @@ from evoens.evolution import EvolutionTrainer, build_evolution
 from evoens.fitness import FITNESS
 from evoens.gradient import GradientTrainer, build_gradient
 from evoens.models import convnet, mlp
-from evoens.run import Run, candidate_accuracies
+from evoens.run import Run, RunContext, candidate_accuracies
 
 
-def evolution_trainer(run: Run, options: None) -> EvolutionTrainer:
+def evolution_trainer(run: RunContext, options: None) -> EvolutionTrainer:
     cfg = run.config.trainer
     return build_evolution(
         run.template,
@@ -36,7 +36,7 @@ def evolution_trainer(run: Run, options: None) -> EvolutionTrainer:
     )
 
 
-def gradient_trainer(run: Run, options: None) -> GradientTrainer:
+def gradient_trainer(run: RunContext, options: None) -> GradientTrainer:
     cfg = run.config.trainer
     return build_gradient(
         run.template,

@@ -10,17 +10,15 @@ import math
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from evoens import Provider, hookimpl
+from evoens.kinds import Reporter
 from evoens.run import Run
+from evoens.stash import StashKey
 
 log = logging.getLogger("evoens")
-
-
-class Reporter(Protocol):
-    def report(self, generation: int, stats: dict[str, Any]) -> None: ...
-    def close(self) -> None: ...
+ACTIVE = StashKey[dict[str, Reporter]]()  # the run's open sinks, by name
 
 
 def _scalars(stats: dict[str, Any]) -> dict[str, float]:
@@ -148,14 +146,14 @@ def evoens_run_start(run: Run) -> None:
     if sys.stderr.isatty() and "progress" not in names:
         names.append("progress")
     active: dict[str, Reporter] = {}
-    run.plugin_state["reporters"] = active  # filled one by one: run_end closes whatever was opened
+    run.stash[ACTIVE] = active  # filled one by one: run_end closes whatever was opened
     for name in names:
         active[name] = run.registry.create("reporter", name, run)
 
 
 @hookimpl
 def evoens_report(run: Run, generation: int, stats: dict[str, Any]) -> None:
-    active: dict[str, Reporter] = run.plugin_state.get("reporters", {})
+    active = run.stash.get(ACTIVE, {})
     for name, reporter in list(active.items()):
         try:
             reporter.report(generation, stats)
@@ -172,5 +170,5 @@ def evoens_report(run: Run, generation: int, stats: dict[str, Any]) -> None:
 
 @hookimpl
 def evoens_run_end(run: Run) -> None:
-    for reporter in run.plugin_state.pop("reporters", {}).values():
+    for reporter in run.stash.pop(ACTIVE, {}).values():
         reporter.close()
