@@ -317,6 +317,20 @@ def test_load_mnist_rejects_swapped_files(tmp_path: Path) -> None:
     assert_one_line_naming(exc, "train-labels-idx1-ubyte.gz")
 
 
+def test_fashion_mnist_reads_the_upstream_folder_name(tmp_path: Path) -> None:
+    folder = mnist_dir()  # MNIST's files stand in: both datasets ship the same four IDX file names
+    (tmp_path / "fashion-mnist").mkdir()  # the folder keeps its upstream (kebab-case) name
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+                 "t10k-labels-idx1-ubyte.gz"):  # fmt: skip
+        os.symlink(folder / name, tmp_path / "fashion-mnist" / name)
+    for data_dir in (tmp_path, tmp_path / "fashion-mnist"):  # DATA_DIR and DATA_DIR/fashion-mnist both work
+        data = load_dataset("fashion_mnist", data_dir=str(data_dir), seed=0, download=False)
+        assert (data.name, len(data.test)) == ("fashion_mnist", 10000)
+    with pytest.raises(DataError) as exc:
+        load_dataset("fashion_mnist", data_dir=str(tmp_path / "empty"), seed=0, download=False)
+    assert_one_line_naming(exc, tmp_path / "empty" / "fashion-mnist")
+
+
 # --- mnist1d ------------------------------------------------------------------------------------
 
 
@@ -399,8 +413,8 @@ def test_cifar10_1_is_the_test_split(tmp_path: Path) -> None:
     ood = np.random.default_rng(1).integers(0, 256, (2000, 32, 32, 3), dtype=np.uint8)
     np.save(tmp_path / "cifar10.1" / "cifar10.1_v6_data.npy", ood)
     np.save(tmp_path / "cifar10.1" / "cifar10.1_v6_labels.npy", np.arange(2000) % 10)
-    data = load_dataset("cifar10.1", data_dir=str(tmp_path), seed=0, download=False)
-    assert (data.name, len(data.test), data.test.x.shape[1:]) == ("cifar10.1", 2000, (3, 32, 32))
+    data = load_dataset("cifar10_1", data_dir=str(tmp_path), seed=0, download=False)  # files keep upstream names
+    assert (data.name, len(data.test), data.test.x.shape[1:]) == ("cifar10_1", 2000, (3, 32, 32))
     assert torch.equal(data.test.x[5], torch.from_numpy(ood[5]).permute(2, 0, 1).float() / 255)
     with pytest.raises(DataError) as exc:
         load_cifar10_1(tmp_path, seed=0, val_fraction=0.1, version="v4", download=False)
@@ -411,12 +425,15 @@ def test_cifar10_1_is_the_test_split(tmp_path: Path) -> None:
 
 
 def test_load_dataset_names_and_options() -> None:
-    assert {"digits", "mnist1d", "gaussian", "mnist", "fashion-mnist", "cifar10", "cifar10.1"} <= set(DATASETS)
+    assert {"digits", "mnist1d", "gaussian", "mnist", "fashion_mnist", "cifar10", "cifar10_1"} <= set(DATASETS)
     data = load_dataset("gaussian", data_dir=None, seed=0, val_fraction=0.2, test_fraction=0.5, n_train=100)
     assert (len(data.train) + len(data.val), len(data.test)) == (100, 1024)  # test_fraction ignored here
     with pytest.raises(DataError) as exc:
         load_dataset("mnits", data_dir=None, seed=0, val_fraction=0.1, test_fraction=0.2)
     assert_one_line_naming(exc, "mnits")
+    assert "did you mean 'mnist'" in str(exc.value)
+    with pytest.raises(DataError, match="did you mean 'fashion_mnist'"):  # the old kebab-case name
+        load_dataset("fashion-mnist", data_dir=None, seed=0, val_fraction=0.1, test_fraction=0.2)
     with pytest.raises(DataError) as exc:
         load_dataset("digits", data_dir=None, seed=0, val_fraction=0.1, test_fraction=0.2, n_train=5)
     assert_one_line_naming(exc, "n_train")

@@ -3,7 +3,7 @@
 Offline and always available: ``digits`` (scikit-learn's 8x8 digits), ``mnist1d`` (generated
 locally by the mnist1d package, cached in the data directory) and ``gaussian`` (a random teacher
 MLP labels N(0, I) inputs). From the data directory, downloaded when missing and checksum-verified:
-``mnist``, ``fashion-mnist`` (IDX), ``cifar10`` (python batches) and ``cifar10.1`` (npy, copied by
+``mnist``, ``fashion_mnist`` (IDX), ``cifar10`` (python batches) and ``cifar10_1`` (npy, copied by
 hand). The data directory is the ``--data-dir`` flag, else ``$EVOENS_DATA_DIR``, else
 ``~/.cache/evoens/data`` (see :func:`resolve_data_dir`).
 
@@ -20,6 +20,7 @@ keyword arguments (e.g. ``binary_teacher=True`` for ``gaussian``), anything else
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from collections.abc import Callable
 from pathlib import Path
@@ -77,7 +78,7 @@ def _loader(name: str, fn: Callable[..., DataSplits]) -> Callable[..., DataSplit
             kwargs["test_fraction"] = test_fraction
         return fn(**kwargs)
 
-    loader.__name__ = loader.__qualname__ = f"load_{name.replace('-', '_').replace('.', '_')}"
+    loader.__name__ = loader.__qualname__ = f"load_{name}"
     loader.__doc__ = fn.__doc__
     return loader
 
@@ -88,9 +89,9 @@ DATASETS: dict[str, Callable[..., DataSplits]] = {
     "mnist1d": _loader("mnist1d", load_mnist1d),
     "gaussian": _loader("gaussian", make_gaussian),
     "mnist": _loader("mnist", load_mnist),
-    "fashion-mnist": _loader("fashion-mnist", load_fashion_mnist),
+    "fashion_mnist": _loader("fashion_mnist", load_fashion_mnist),
     "cifar10": _loader("cifar10", load_cifar10),
-    "cifar10.1": _loader("cifar10.1", load_cifar10_1),
+    "cifar10_1": _loader("cifar10_1", load_cifar10_1),
 }
 
 
@@ -107,6 +108,14 @@ def load_dataset(
     try:
         loader = DATASETS[name]
     except KeyError:
-        raise DataError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}") from None
+        known = ", ".join(sorted(DATASETS))
+        raise DataError(f"unknown dataset {name!r}{_did_you_mean(name)}; known: {known}") from None
     directory = resolve_data_dir(data_dir)
     return loader(data_dir=directory, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, **options)
+
+
+def _did_you_mean(name: str) -> str:
+    """`` (did you mean 'fashion_mnist'?)`` for an old kebab or dotted spelling or a near miss, else ``""``."""
+    snake = name.replace("-", "_").replace(".", "_")  # the names before snake_case: fashion-mnist, cifar10.1
+    close = [snake] if snake in DATASETS else difflib.get_close_matches(name, DATASETS, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -7,9 +7,10 @@ extracted). The batches are pickles: they are loaded with an unpickler that acce
 array reconstruction, never arbitrary globals.
 
 CIFAR-10.1: Recht, Roelofs, Schmidt, Shankar, "Do CIFAR-10 classifiers generalize to CIFAR-10?",
-arXiv:1806.00451 (2018). ``cifar10.1_{v6|v4}_{data|labels}.npy`` in ``DATA_DIR/cifar10.1/``, copied
-there by hand from https://github.com/modestyachts/CIFAR-10.1 (``datasets/``); it is the *test*
-split of the ``cifar10.1`` dataset, whose train/val splits are CIFAR-10's.
+arXiv:1806.00451 (2018). ``cifar10.1_{v6|v4}_{data|labels}.npy`` in ``DATA_DIR/cifar10.1/`` (the
+upstream file and folder names), copied there by hand from https://github.com/modestyachts/CIFAR-10.1
+(``datasets/``); it is the *test* split of the ``cifar10_1`` dataset, whose train/val splits are
+CIFAR-10's.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ _BATCH_DIR = "cifar-10-batches-py"
 _TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 #: Number of images in each CIFAR-10.1 version (modestyachts/CIFAR-10.1 README).
 CIFAR10_1_SIZES: dict[str, int] = {"v4": 2021, "v6": 2000}
+_CIFAR10_1_DIR = "cifar10.1"  # the sub-directory of the data directory and the files' prefix, as upstream
 
 _RECONSTRUCT = np.empty(0).__reduce__()[0]  # numpy's array-unpickling function, whatever its module
 _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
@@ -108,12 +110,12 @@ def load_cifar10_1(
     ``download`` applies to the CIFAR-10 archive only; the CIFAR-10.1 files are copied by hand.
     """
     if version not in CIFAR10_1_SIZES:
-        raise DataError(f"cifar10.1: unknown version {version!r}; known: {', '.join(CIFAR10_1_SIZES)}")
+        raise DataError(f"cifar10_1: unknown version {version!r}; known: {', '.join(CIFAR10_1_SIZES)}")
     base = load_cifar10(
         data_dir, seed=seed, val_fraction=val_fraction, download=download, mirrors=mirrors, timeout=timeout
     )
-    test = _read_cifar10_1(dataset_dir(Path(data_dir), "cifar10.1"), version)
-    return DataSplits("cifar10.1", base.train, base.val, test, base.num_classes, base.input_shape)
+    test = _read_cifar10_1(dataset_dir(Path(data_dir), _CIFAR10_1_DIR), version)
+    return DataSplits("cifar10_1", base.train, base.val, test, base.num_classes, base.input_shape)
 
 
 def _cifar10_batches(folder: Path, download: bool, mirrors: Sequence[str], timeout: float) -> dict[str, bytes]:
@@ -150,7 +152,7 @@ def _read_tar_members(archive: Path, wanted: dict[str, str]) -> dict[str, bytes]
 
 
 def _read_cifar10_1(folder: Path, version: str) -> Split:
-    data_path, labels_path = (folder / f"cifar10.1_{version}_{part}.npy" for part in ("data", "labels"))
+    data_path, labels_path = (folder / f"{_CIFAR10_1_DIR}_{version}_{part}.npy" for part in ("data", "labels"))
     images, labels = _load_npy(data_path), _load_npy(labels_path)
     expected = (CIFAR10_1_SIZES[version], 32, 32, 3)
     if images.dtype != np.uint8 or images.shape != expected or labels.shape != expected[:1]:
@@ -164,7 +166,7 @@ def _read_cifar10_1(folder: Path, version: str) -> Split:
 def _load_npy(path: Path) -> np.ndarray:
     if not path.is_file():
         raise DataError(
-            f"cifar10.1: {path} not found; copy it there from https://github.com/modestyachts/CIFAR-10.1 "
+            f"cifar10_1: {path} not found; copy it there from https://github.com/modestyachts/CIFAR-10.1 "
             "(datasets/) or point --data-dir / EVOENS_DATA_DIR at the directory holding it"
         )
     try:

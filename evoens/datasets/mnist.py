@@ -3,9 +3,10 @@
 MNIST: LeCun, Bottou, Bengio, Haffner, "Gradient-based learning applied to document
 recognition", Proc. IEEE 1998. Fashion-MNIST: Xiao, Rasul, Vollgraf, arXiv:1708.07747 (2017).
 Both ship as the same four IDX files (same names), so each lives in its own sub-directory of the
-data directory: ``DATA_DIR/mnist/`` and ``DATA_DIR/fashion-mnist/``. A data directory that *is*
-that sub-directory (its name is the dataset's) is used as is, so ``--data-dir ../shared/data`` and
-``--data-dir ../shared/data/mnist`` both work. Uncompressed copies (no ``.gz``) are read too.
+data directory: ``DATA_DIR/mnist/`` and ``DATA_DIR/fashion-mnist/`` (the upstream spelling; the
+datasets are named ``mnist`` and ``fashion_mnist``). A data directory that *is* that sub-directory
+is used as is, so ``--data-dir ../shared/data`` and ``--data-dir ../shared/data/mnist`` both work.
+Uncompressed copies (no ``.gz``) are read too.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ class IdxFile:
 class IdxDataset:
     """An MNIST-like dataset: 28x28 uint8 images, labels 0..9, a train and a test file pair."""
 
-    name: str  # also the sub-directory of the data directory
+    name: str  # the dataset's name (``fashion_mnist``)
+    folder: str  # its sub-directory of the data directory (``fashion-mnist``, as upstream names it)
     train_images: IdxFile
     train_labels: IdxFile
     test_images: IdxFile
@@ -69,6 +71,7 @@ class IdxDataset:
 # is the same IDX content recompressed with `gzip -9n`, as kept in shared/data/mnist on these
 # machines (decompressed sha256 ba891046..., 65a50cbb..., 0fa7898d..., ff7bcfd4... in both).
 MNIST = IdxDataset(
+    "mnist",
     "mnist",
     IdxFile(
         "train-images-idx3-ubyte.gz",
@@ -100,6 +103,7 @@ MNIST = IdxDataset(
     ),
 )
 FASHION_MNIST = IdxDataset(
+    "fashion_mnist",
     "fashion-mnist",
     IdxFile("train-images-idx3-ubyte.gz", ("08dc20ab1689590a0bcd66e874647b6ee8464e2d501b5a3f1f78831db19a3fdc",)),
     IdxFile("train-labels-idx1-ubyte.gz", ("b0197879cbda89f3dc7b894f9fd52b858e68ea4182b6947c9d8c2b67e5f18dcc",)),
@@ -155,7 +159,7 @@ def load_idx_dataset(
     timeout: float = 30.0,
 ) -> DataSplits:
     """Find (or download) the four files of ``spec``, validate them and split train/val by ``seed``."""
-    folder = dataset_dir(Path(data_dir), spec.name)
+    folder = dataset_dir(Path(data_dir), spec.folder)
 
     def split(images: IdxFile, labels: IdxFile) -> Split:
         paths = [_locate(spec.name, folder, f, download, mirrors, timeout) for f in (images, labels)]
