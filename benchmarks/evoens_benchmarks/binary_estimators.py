@@ -12,6 +12,10 @@ best lr per (d, estimator). A second part trains for a few steps with STE, NES a
 handover (:mod:`evoens_benchmarks.binary_handover`); the markdown is built by
 :mod:`evoens_benchmarks.binary_estimators_report`. Runs as a script:
 ``python -m evoens_benchmarks.binary_estimators [--quick] [--out DIR] [--device cpu|cuda]``.
+
+Estimators are labelled by their ``grad_estimator`` provider name, ``-P`` appended for P loss
+evaluations (``nes-500``, ``nes_cv-500``); results written before the providers' snake_case rename
+spell them ``nes-cv-500``, ``nes-guided-500``, ``ste-nes``.
 """
 
 from __future__ import annotations
@@ -81,14 +85,14 @@ def toy_pair(dim: int, seed: int) -> tuple[nn.Module, nn.Module]:
 def _estimators(cfg: ToyConfig, params: int) -> dict[str, GradEstimator]:
     out: dict[str, GradEstimator] = {name: SteGradient(ste=s, params=p) for name, s, p in STE_SET}
     nes_cfg = NesConfig(popsize=cfg.guided_popsize, sigma=cfg.sigma, seed=cfg.seed + 1, chunk=250)
-    out[f"nes-guided-{cfg.guided_popsize}"] = GuidedNesGradient(nes=nes_cfg, guides=("clipped",))
-    out[f"nes-guided4-{cfg.guided_popsize}"] = GuidedNesGradient(
+    out[f"nes_guided-{cfg.guided_popsize}"] = GuidedNesGradient(nes=nes_cfg, guides=("clipped",))
+    out[f"nes_guided4-{cfg.guided_popsize}"] = GuidedNesGradient(
         nes=nes_cfg, guides=("clipped", "steep", "swishsign", "approxsign")
     )
     for p in cfg.cv_popsizes:
         if p * params <= cfg.nes_max_cost:
             cv = NesConfig(popsize=p, sigma=cfg.sigma, seed=cfg.seed + 3, chunk=250)
-            out[f"nes-cv-{p}"] = ControlVariateNes(nes=cv, ste="clipped")
+            out[f"nes_cv-{p}"] = ControlVariateNes(nes=cv, ste="clipped")
     return out
 
 

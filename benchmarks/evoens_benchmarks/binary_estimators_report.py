@@ -79,8 +79,9 @@ def open_ideas_summary(rows: Rows, guided_popsize: int) -> list[str]:
     """Computed one-liners: does STE guidance help NES at equal cost, and against the STE itself?"""
     by = {(r["dim"], r["estimator"]): r for r in rows}
     dims = sorted({r["dim"] for r in rows})
-    ideas = [(f"nes-guided-{guided_popsize}", guided_popsize), (f"nes-guided4-{guided_popsize}", guided_popsize)]
-    ideas += [(name, int(name[7:])) for name in dict.fromkeys(r["estimator"] for r in rows) if name[:7] == "nes-cv-"]
+    ideas = [(f"nes_guided-{guided_popsize}", guided_popsize), (f"nes_guided4-{guided_popsize}", guided_popsize)]
+    cv = [name for name in dict.fromkeys(r["estimator"] for r in rows) if name.startswith("nes_cv-")]
+    ideas += [(name, int(name.removeprefix("nes_cv-"))) for name in cv]
     out = ["## Do the open ideas help? (computed from the rows above)", ""]
     for g, popsize in ideas:
         plain = f"nes-{popsize}"
@@ -153,8 +154,8 @@ def notes_for(cfg: ToyConfig, rows: Rows, train_rows: Rows, t_est: float, t_trai
         f"CDG eps={cfg.eps}; NES antithetic, sigma={cfg.sigma}, no fitness shaping, popsizes "
         f"{list(cfg.nes_popsizes)} as prefixes of one stream of draws (nes-500 = the first 250 mirrored pairs of "
         f"nes-5000, ...); popsizes with popsize x D > {cfg.nes_max_cost:.3g} skipped for time: {skipped}.",
-        f"- guided NES (Guided ES covariance, alpha=0.5, {cfg.guided_popsize} evaluations): nes-guided spans the "
-        "clipped-STE gradient, nes-guided4 the span of the four STE gradients at the same point; nes-cv-P: "
+        f"- guided NES (Guided ES covariance, alpha=0.5, {cfg.guided_popsize} evaluations): nes_guided spans the "
+        "clipped-STE gradient, nes_guided4 the span of the four STE gradients at the same point; nes_cv-P: "
         "antithetic NES with the clipped-STE gradient as a least-squares-fitted linear control variate.",
         "- every gradient normalised per tensor (g_l / (||g_l|| + 1e-8)); loss decrease in-sample on the "
         f"estimation batch; lr grid {list(cfg.lrs)}; means over all points; evals = loss evaluations per "

@@ -7,8 +7,8 @@ plateaus); shared/specs/binary.md §1.7.
 Each method takes ``steps`` per-tensor normalised descent steps ``w <- w - lr_t g_hat`` on fresh
 batches of the toy teacher-student task, ``lr_t`` decaying linearly to 0 (so a plateau is not just
 a too-large step); the final loss is measured on one held-out batch. Methods: ``ste:clipped`` all
-the way, ``nes-P`` all the way, ``ste-nes`` (STE until its minibatch loss has not improved for
-``patience`` steps, then STE-guided NES with P evaluations) and ``ste-nes-plain`` (the same with
+the way, ``nes-P`` all the way, ``ste_nes`` (STE until its minibatch loss has not improved for
+``patience`` steps, then STE-guided NES with P evaluations) and ``ste_nes-plain`` (the same with
 plain NES after the handover). Pure torch.
 """
 
@@ -45,8 +45,8 @@ def _methods(cfg: HandoverBench, seed: int) -> dict[str, GradEstimator]:
     return {
         "ste:clipped": SteGradient(ste="clipped"),
         f"nes-{cfg.popsize}": NesGradient(replace(nes_cfg, seed=seed + 1)),  # fresh draws each step: seed+1, +2, ...
-        "ste-nes": SteThenNes(HandoverConfig(ste="clipped", nes=nes_cfg, patience=cfg.patience)),
-        "ste-nes-plain": SteThenNes(HandoverConfig(ste="clipped", nes=nes_cfg, patience=cfg.patience, guided=False)),
+        "ste_nes": SteThenNes(HandoverConfig(ste="clipped", nes=nes_cfg, patience=cfg.patience)),
+        "ste_nes-plain": SteThenNes(HandoverConfig(ste="clipped", nes=nes_cfg, patience=cfg.patience, guided=False)),
     }
 
 
@@ -112,7 +112,7 @@ def handover_notes(rows: list[dict[str, Any]]) -> list[str]:
     ]
     for dim in dict.fromkeys(r["dim"] for r in rows):
         cells = {r["estimator"]: r for r in rows if r["dim"] == dim}
-        sw = cells.get("train:ste-nes", {}).get("switch_steps", [])
+        sw = cells.get("train:ste_nes", {}).get("switch_steps", [])
         vals = [f"{cells[n]['final_loss']:.4f}" if n in cells else "–" for n in names]
         lines.append(f"| {dim} | " + " | ".join(vals) + f" | {' '.join(map(str, sw))} |")
     return lines

@@ -29,9 +29,9 @@ def _estimator_providers() -> Iterator[Provider]:
         yield Provider("grad_estimator", f"ste:{name}", partial(SteGradient, ste=name), f"autograd through {name} STE")
     yield Provider("grad_estimator", "cdg", cdg.CdgGradient, "central coordinate differences (BinaryDuo CDG)")
     yield Provider("grad_estimator", "nes", nes.NesGradient, "Gaussian search gradient, antithetic, batched")
-    yield Provider("grad_estimator", "nes-guided", hybrid.GuidedNesGradient, "NES guided by STE directions")
-    yield Provider("grad_estimator", "nes-cv", hybrid.ControlVariateNes, "NES with the STE gradient as control variate")
-    yield Provider("grad_estimator", "ste-nes", hybrid.SteThenNes, "STE, handing over to NES on a plateau")
+    yield Provider("grad_estimator", "nes_guided", hybrid.GuidedNesGradient, "NES guided by STE directions")
+    yield Provider("grad_estimator", "nes_cv", hybrid.ControlVariateNes, "NES with the STE gradient as control variate")
+    yield Provider("grad_estimator", "ste_nes", hybrid.SteThenNes, "STE, handing over to NES on a plateau")
 
 
 def _binary_train_providers() -> Iterator[Provider]:

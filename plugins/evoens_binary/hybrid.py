@@ -5,17 +5,17 @@ augmenting random search with surrogate gradients", ICML 2019, arXiv:1806.10230 
 stretched along surrogate-gradient directions); seed 002's discussion ("STE direction as the NES
 mean", "search in the span of several STE directions", "switch from STE to NES at a local minimum").
 
-* ``GuidedNesGradient`` (``nes-guided``): antithetic NES whose directions are drawn from
+* ``GuidedNesGradient`` (``nes_guided``): antithetic NES whose directions are drawn from
   ``N(0, alpha I + (1 - alpha) (d/k) U U^T)``, U an orthonormal basis of k STE gradients at the same
   point (one or several surrogates). ``alpha = 1`` is plain NES; E||s||^2 = d for every alpha, so
   sigma means the same as in NES. The estimate is ``Cov * grad L_sigma``: a descent direction tilted
   towards the STE subspace, unbiased within it.
-* ``ControlVariateNes`` (``nes-cv``): antithetic NES with the STE gradient as a linear control
+* ``ControlVariateNes`` (``nes_cv``): antithetic NES with the STE gradient as a linear control
   variate: ``beta g_ste + 1/(n sigma) sum_k [dL_k - sigma beta s_k.g_ste] s_k`` with dL_k the mirrored
   half-difference and beta fitted by least squares on the same samples. For a fixed beta it is
   unbiased for the smoothed-loss gradient (E[s s^T] = I) and its variance shrinks as the STE
   direction explains the loss differences; exact on a quadratic when the guide is the gradient.
-* ``SteThenNes`` (``ste-nes``): stateful; returns the STE gradient until the loss it sees has not
+* ``SteThenNes`` (``ste_nes``): stateful; returns the STE gradient until the loss it sees has not
   improved by ``rel_tol`` over the last ``patience`` calls, then NES (guided or plain) from then on.
 
 Pure torch, no pluggy.
@@ -57,9 +57,9 @@ class GuidedConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"nes-guided alpha must be in [0, 1], got {self.alpha}")
+            raise ValueError(f"nes_guided alpha must be in [0, 1], got {self.alpha}")
         if not self.guides:
-            raise ValueError("nes-guided needs at least one guiding STE name in guides")
+            raise ValueError("nes_guided needs at least one guiding STE name in guides")
         for name in self.guides:
             ste(name)  # unknown names fail here, with the known ones listed
 
@@ -90,9 +90,9 @@ def guided_noise(basis: Tensor, alpha: float) -> Noise:
 
 
 class GuidedNesGradient(FreshDraws, GradEstimator):
-    """``nes-guided``: NES sampled around the span of STE gradients (Guided ES)."""
+    """``nes_guided``: NES sampled around the span of STE gradients (Guided ES)."""
 
-    name = "nes-guided"
+    name = "nes_guided"
 
     def __init__(self, config: GuidedConfig | None = None, **kw: Any) -> None:
         if "guides" in kw and isinstance(kw["guides"], (list, str)):
@@ -113,7 +113,7 @@ class ControlVariateConfig:
 
     def __post_init__(self) -> None:
         if not self.nes.antithetic or self.nes.shaping != "none":
-            raise ValueError("nes-cv needs antithetic=True and shaping='none' (the control variate is linear)")
+            raise ValueError("nes_cv needs antithetic=True and shaping='none' (the control variate is linear)")
         ste(self.ste)
 
 
@@ -136,9 +136,9 @@ def nes_control_variate(objective: Objective, config: ControlVariateConfig = Con
 
 
 class ControlVariateNes(FreshDraws, GradEstimator):
-    """``nes-cv``: NES with the STE gradient as a fitted linear control variate."""
+    """``nes_cv``: NES with the STE gradient as a fitted linear control variate."""
 
-    name = "nes-cv"
+    name = "nes_cv"
 
     def __init__(self, config: ControlVariateConfig | None = None, **kw: Any) -> None:
         self.config = _config(config, ControlVariateConfig, self.name, kw)
@@ -161,18 +161,18 @@ class HandoverConfig:
 
     def __post_init__(self) -> None:
         if self.patience < 1:
-            raise ValueError(f"ste-nes patience must be >= 1, got {self.patience}")
+            raise ValueError(f"ste_nes patience must be >= 1, got {self.patience}")
         if not 0.0 <= self.alpha <= 1.0:  # the guided covariance needs sqrt(alpha) and sqrt(1 - alpha)
-            raise ValueError(f"ste-nes alpha must be in [0, 1], got {self.alpha}")
+            raise ValueError(f"ste_nes alpha must be in [0, 1], got {self.alpha}")
         if self.rel_tol < 0:
-            raise ValueError(f"ste-nes rel_tol must be >= 0, got {self.rel_tol}")
+            raise ValueError(f"ste_nes rel_tol must be >= 0, got {self.rel_tol}")
         ste(self.ste)
 
 
 class SteThenNes(GradEstimator):
-    """``ste-nes``: a small stateful estimator; ``reset()`` starts a new run (back to STE)."""
+    """``ste_nes``: a small stateful estimator; ``reset()`` starts a new run (back to STE)."""
 
-    name = "ste-nes"
+    name = "ste_nes"
 
     def __init__(self, config: HandoverConfig | None = None, **kw: Any) -> None:
         self.config = _config(config, HandoverConfig, self.name, kw)

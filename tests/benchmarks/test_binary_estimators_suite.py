@@ -28,7 +28,7 @@ def result() -> BenchResult:
 def test_rows_cover_every_dim_and_estimator(result: BenchResult) -> None:
     est = [r for r in result.rows if r["section"] == "estimate"]
     # d=2: D=10 -> nes-1000 costs 1e4 <= 2e4; d=3: D=21 -> 2.1e4 > 2e4: skipped
-    want2 = {"cdg", "nes-20", "nes-100", "nes-1000", "nes-guided-20", "nes-guided4-20", "nes-cv-20",
+    want2 = {"cdg", "nes-20", "nes-100", "nes-1000", "nes_guided-20", "nes_guided4-20", "nes_cv-20",
              *(n for n, _, _ in STE_SET)}  # fmt: skip
     assert {r["estimator"] for r in est if r["dim"] == 2} == want2
     assert {r["estimator"] for r in est if r["dim"] == 3} == want2 - {"nes-1000"}
@@ -36,7 +36,7 @@ def test_rows_cover_every_dim_and_estimator(result: BenchResult) -> None:
         assert len(r["curve"]) == 3 and r["best_lr"] in TINY.lrs and r["dec@0.1"] == r["curve"][1]
         assert r["best_dec"] == max(r["curve"]) and isinstance(r["raw@0.1"], float)
     train = [r for r in result.rows if r["section"] == "train"]
-    methods = {"ste:clipped", "nes-20", "ste-nes", "ste-nes-plain", "init"}
+    methods = {"ste:clipped", "nes-20", "ste_nes", "ste_nes-plain", "init"}
     assert {r["estimator"] for r in train} == {f"train:{m}" for m in methods}
 
 

@@ -207,7 +207,7 @@ def test_grad_estimator_provider_conformance(name: str) -> None:
 
 def test_the_registered_names() -> None:
     names = set(REGISTRY.names("grad_estimator"))
-    assert {f"ste:{n}" for n in STES} | {"nes", "cdg", "nes-guided", "nes-cv", "ste-nes"} <= names
+    assert {f"ste:{n}" for n in STES} | {"nes", "cdg", "nes_guided", "nes_cv", "ste_nes"} <= names
 
 
 def test_control_variate_nes_is_exact_with_an_exact_guide_and_unbiased_otherwise() -> None:
@@ -215,7 +215,7 @@ def test_control_variate_nes_is_exact_with_an_exact_guide_and_unbiased_otherwise
     # mirrored differences of a quadratic are exactly sigma s.grad: the residuals vanish
     cv = nes_control_variate(obj, ControlVariateConfig(nes=NesConfig(popsize=10)))
     assert _cos(cv, grad) > 0.99999
-    # on a binary net the STE guide is biased; averaged over draws nes-cv still lands on NES's target
+    # on a binary net the STE guide is biased; averaged over draws nes_cv still lands on NES's target
     toy = _toy(dim=4, batch=256)
     mean_cv = torch.stack([ControlVariateNes(popsize=400, seed=s).flat_gradient(toy) for s in range(12)]).mean(0)
     target = nes(toy, NesConfig(popsize=40_000, seed=99))
@@ -260,8 +260,8 @@ def test_estimator_keywords_are_checked_and_ste_parameters_pass_through() -> Non
     assert REGISTRY.create("grad_estimator", "ste:swishsign", beta=2.0).ste.params == {"beta": 2.0}
     with pytest.raises(ValueError, match="does not take parameters"):
         SteGradient(ste="clipped", k=3)
-    for name, bad in [("nes", {"popsiz": 10}), ("cdg", {"epsilon": 0.1}), ("nes-guided", {"alpah": 0.5}),
-                      ("nes-cv", {"guide": "clipped"}), ("ste-nes", {"patients": 3})]:  # fmt: skip
+    for name, bad in [("nes", {"popsiz": 10}), ("cdg", {"epsilon": 0.1}), ("nes_guided", {"alpah": 0.5}),
+                      ("nes_cv", {"guide": "clipped"}), ("ste_nes", {"patients": 3})]:  # fmt: skip
         with pytest.raises(ValueError, match=f"estimator '{name}' has no option.*its options are"):
             REGISTRY.create("grad_estimator", name, **bad)
     assert GuidedNesGradient(popsize=40, alpha=0.3).config.nes.popsize == 40
@@ -287,10 +287,10 @@ def test_misshapen_gradients_are_refused_not_misaligned() -> None:
         cosine_per_tensor(bad, g)
 
 
-@pytest.mark.parametrize("name", ["nes", "nes-guided", "nes-cv"])
+@pytest.mark.parametrize("name", ["nes", "nes_guided", "nes_cv"])
 def test_sampling_estimators_draw_fresh_noise_each_call_and_repeat_after_reset(name: str) -> None:
     # A training loop calls the estimator once per step: a fixed seed would reuse the same directions.
-    obj = _toy(dim=3, batch=64)  # not a quadratic: there nes-cv with an exact guide is noise-free
+    obj = _toy(dim=3, batch=64)  # not a quadratic: there nes_cv with an exact guide is noise-free
     est = REGISTRY.create("grad_estimator", name, popsize=20, seed=4)
     first, second = est.flat_gradient(obj), est.flat_gradient(obj)
     assert not torch.allclose(first, second)
