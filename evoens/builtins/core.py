@@ -14,7 +14,7 @@ from evoens.config import ConfigError, DataConfig, ModelConfig
 from evoens.datasets import DATASETS, DataSplits, load_dataset
 from evoens.evolution import EvolutionTrainer, build_evolution
 from evoens.fitness import FITNESS
-from evoens.gradient import GradientTrainer, build_gradient
+from evoens.gradient import GradientOptions, GradientTrainer, build_estimator, build_gradient
 from evoens.models import convnet, mlp
 from evoens.run import Run, RunContext, candidate_accuracies
 
@@ -36,7 +36,7 @@ def evolution_trainer(run: RunContext, options: None) -> EvolutionTrainer:
     )
 
 
-def gradient_trainer(run: RunContext, options: None) -> GradientTrainer:
+def gradient_trainer(run: RunContext, options: GradientOptions) -> GradientTrainer:
     cfg = run.config.trainer
     return build_gradient(
         run.template,
@@ -49,6 +49,8 @@ def gradient_trainer(run: RunContext, options: None) -> GradientTrainer:
         seed=run.config.seed,
         strategy=cfg.strategy,
         max_chunk=cfg.max_chunk,
+        estimator=build_estimator(run.registry, options),
+        fitness_fn=run.fitness_fn,
     )
 
 
@@ -81,7 +83,8 @@ def _dataset(name: str) -> Any:
 @hookimpl
 def evoens_register_providers() -> Iterator[Provider]:
     yield Provider("trainer", "evolution", evolution_trainer, "EvoTorch searcher over the batched population")
-    yield Provider("trainer", "gradient", gradient_trainer, "P independent networks, one batched optimizer")
+    yield Provider("trainer", "gradient", gradient_trainer, "P independent networks, one batched optimizer",
+                   options=GradientOptions)  # fmt: skip
     yield Provider("model", "mlp", _mlp, "multi-layer perceptron: model.hidden widths, model.activation")
     yield Provider("model", "convnet", _convnet, "EvoJAX MNIST ConvNet (options: channels, kernel)")
     for name, (fn, description) in FITNESS.items():

@@ -18,6 +18,7 @@ Pure torch, no pluggy.
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
@@ -76,6 +77,25 @@ class GradEstimator(ABC):
     def reset(self) -> None:
         """Forget any state kept between calls (stateless estimators: nothing)."""
         return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The state kept between calls (call counters, loss histories), for a trainer's checkpoint:
+        the instance's plain values; its configuration is rebuilt from the options instead."""
+        return {k: copy.deepcopy(v) for k, v in vars(self).items() if _plain(v)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state_dict`'s state (a resumed run draws on, not again)."""
+        for key, value in state.items():
+            setattr(self, key, copy.deepcopy(value))
+
+
+def _plain(value: object) -> bool:
+    """None, a number, a string, or a list/tuple/dict of them: what ``weights_only`` loads back."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    return isinstance(value, dict) and all(isinstance(k, str) and _plain(v) for k, v in value.items())
 
 
 def autograd_gradient(objective: Objective, estimator: STE | None = None) -> Tensor:
