@@ -21,8 +21,9 @@ dotted key, the bad value and what is allowed, e.g.::
     trainer.popsize = 'ten': expected an integer
     trainer.lr = -1.0: must be > 0
 
-Provider names (datasets, searchers, reporters, ...) are free strings here; the registry checks
-them later against what the plugins registered. Writing a config back as TOML lives in
+Provider names (datasets, searchers, reporters, forward strategies, activations, optimizers, ...)
+are free strings here: the registry checks them when the run is built, against what the plugins
+registered, with the same one-line "did you mean" errors. Writing a config back as TOML lives in
 :mod:`evoens.toml_writer` (``dump_toml`` and ``config_to_dict`` are re-exported here).
 """
 
@@ -101,7 +102,7 @@ class ModelConfig:
 
     name: str = _opt("mlp", "model provider name")
     hidden: list[int] = _opt([32], "hidden layer widths", ge=1)
-    activation: str = _opt("tanh", "hidden activation", choices=("relu", "tanh", "sigmoid", "gelu", "identity"))
+    activation: str = _opt("tanh", "hidden activation: an 'activation' provider (relu, tanh, sigmoid, gelu, ...)")
     options: dict[str, Any] = _opt({}, "provider-specific options, passed through unchanged")
 
 
@@ -114,7 +115,7 @@ class TrainerConfig:
     searcher: str = _opt("pgpe", "search algorithm name (e.g. snes, xnes, pgpe, cmaes, cem, ga)")
     fitness: str = _opt("neg_cross_entropy", "fitness evaluator name")
     searcher_options: dict[str, Any] = _opt({}, "keyword arguments for the searcher")
-    optimizer: str = _opt("adam", "torch optimizer for gradient-trained populations", choices=("adam", "sgd", "adamw"))
+    optimizer: str = _opt("adam", "torch optimizer of gradient-trained populations: an 'optimizer' provider")
     lr: float = _opt(0.01, "learning rate of that optimizer", gt=0)
     weight_decay: float = _opt(0.0, "weight decay of that optimizer", ge=0)
     num_actors: int | str = _opt(
@@ -124,11 +125,7 @@ class TrainerConfig:
         choices=("max", "num_cpus", "num_gpus", "num_devices"),
     )
     max_chunk: int | None = _opt(None, "most individuals evaluated at once (default: automatic)", ge=1)
-    strategy: str = _opt(
-        "auto",
-        "batched evaluation strategy",
-        choices=("auto", "loop", "vmap", "bmm", "grouped_conv"),
-    )
+    strategy: str = _opt("auto", "population forward: auto, or a 'strategy' provider (loop, vmap, bmm, ...)")
     options: dict[str, Any] = _opt({}, "the trainer provider's own options (validated by its options class)")
 
 

@@ -22,7 +22,7 @@ from evoens.config import RunConfig, dump_toml, load_config
 from evoens.errors import PluginError
 from evoens.manager import PluginManager
 from evoens.phases import Phases, call_hook, merge
-from evoens.run import Run, build_run, final_evaluation, restore_run
+from evoens.run import ADDED, Run, build_run, final_evaluation, remove_entries, restore_run
 
 log = logging.getLogger("evoens")
 
@@ -86,7 +86,10 @@ def _finish(run: Run, summary: dict[str, Any]) -> None:
         summary["reporter_errors"] = errors
     run.summary = summary
     write_json_atomic(run.out_dir / "summary.json", summary)
-    call_hook(run, "evoens_run_end", run=run, summary=summary)
+    try:
+        call_hook(run, "evoens_run_end", run=run, summary=summary)
+    finally:
+        remove_entries(run.stash.get(ADDED, []))
 
 
 def execute(config: RunConfig, out_dir: str | Path, pm: PluginManager) -> dict[str, Any]:

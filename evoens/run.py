@@ -6,24 +6,28 @@ branch per dataset, model, trainer or searcher.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 from evoens.checkpoint import rng_state, set_rng_state
-from evoens.config import RunConfig
+from evoens.config import ConfigError, RunConfig
 from evoens.datasets import Batcher, DataSplits, Split
-from evoens.errors import UserError
+from evoens.errors import RegistryError, UserError
 from evoens.fitness import FitnessFn, accuracy
+from evoens.gradient import OPTIMIZERS
 from evoens.kinds import Trainer
 from evoens.manager import PluginManager
+from evoens.models import ACTIVATIONS
 from evoens.registry import Registry
 from evoens.stash import Stash, StashKey
+from evoens.strategies import STRATEGIES
 
 
 @dataclass(frozen=True)
@@ -127,19 +131,79 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+#: Kinds whose providers fill a lookup table of the core, so a plugin can add a forward strategy,
+#: an activation or an optimizer (the core's own entries are providers of the core plugin).
+TABLES: dict[str, dict[str, Any]] = {"strategy": STRATEGIES, "activation": ACTIVATIONS, "optimizer": OPTIMIZERS}
+
+
+def check_names(config: RunConfig, registry: Registry) -> list[tuple[dict[str, Any], str]]:
+    """Every table-kind name in ``config`` is registered (one line naming the key otherwise), and
+    every registered one is in its table: plugins' entries are added for this run (returned, for
+    :func:`remove_entries` at its end); the core's are there already."""
+    chosen = {"strategy": ("trainer.strategy", config.trainer.strategy), "optimizer": ("trainer.optimizer",
+              config.trainer.optimizer), "activation": ("model.activation", config.model.activation)}  # fmt: skip
+    for kind, (key, name) in chosen.items():
+        if kind == "strategy" and name == "auto":
+            continue
+        try:
+            registry.get(kind, name)
+        except RegistryError as err:
+            raise ConfigError(f"{key} = {name!r}: {err}") from None
+    added = []
+    for kind, table in TABLES.items():
+        for name in registry.names(kind):
+            if name not in table:
+                provider = registry.get(kind, name)
+                table[name] = provider.factory() if kind == "strategy" else provider.factory
+                added.append((table, name))
+    return added
+
+
+def remove_entries(added: list[tuple[dict[str, Any], str]]) -> None:
+    """Take a finished run's plugin entries out of the core's tables again."""
+    for table, name in added:
+        table.pop(name, None)
+
+
+_S = TypeVar("_S")
+ADDED = StashKey[list[tuple[dict[str, Any], str]]]()  # the plugin entries check_names put in TABLES
+
+
 def build_run(config: RunConfig, out_dir: Path, pm: PluginManager) -> Run:
     """Data, model template, batcher, fitness and trainer, each from its named provider."""
     torch.manual_seed(config.seed)
     registry = pm.registry
+    added = check_names(config, registry)
+    try:
+        run = _assemble(config, out_dir, pm, registry)
+    except BaseException:
+        remove_entries(added)
+        raise
+    run.stash[ADDED] = added
+    return run
+
+
+def _assemble(config: RunConfig, out_dir: Path, pm: PluginManager, registry: Registry) -> Run:
     device = resolve_device(config.device)
-    data = registry.create("dataset", config.data.name, config.data, config.seed).to(device)
-    template = registry.create("model", config.model.name, data.input_shape, data.num_classes, config.model)
+    data_cfg = _with_options(registry, "dataset", config.data, "data.options")
+    model_cfg = _with_options(registry, "model", config.model, "model.options")
+    data = registry.create("dataset", config.data.name, data_cfg, config.seed).to(device)
+    template = registry.create("model", config.model.name, data.input_shape, data.num_classes, model_cfg)
     context = RunContext(
         config, pm, out_dir, device, data, template.to(device),
         Batcher(data.train, config.data.batch_size, config.seed), registry.create("fitness", config.trainer.fitness),
     )  # fmt: skip
     options = registry.options("trainer", config.trainer.name, config.trainer.options, "trainer.options")
     return Run(context, registry.create("trainer", config.trainer.name, context, options))
+
+
+def _with_options(registry: Registry, kind: str, section: _S, key: str) -> _S:
+    """``section`` (a DataConfig or ModelConfig) with its ``options`` validated by the provider's
+    options class and completed with its defaults, when the provider declares one; else as is."""
+    if registry.get(kind, section.name).options is None:  # type: ignore[attr-defined]
+        return section
+    options = registry.options(kind, section.name, section.options, key)  # type: ignore[attr-defined]
+    return dataclasses.replace(section, options=dataclasses.asdict(options))  # type: ignore[type-var]
 
 
 def run_state(run: Run) -> dict[str, Any]:

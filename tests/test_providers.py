@@ -12,9 +12,10 @@ from evoens.population import Population
 from evoens.testing import make_plugin_manager, run_inline, tiny_config, tiny_options
 
 REGISTRY = make_plugin_manager(entry_points=True).registry  # the core and every installed plugin
-CHECKED = {"fitness", "model", "dataset", "searcher", "trainer", "reporter"}
+CHECKED = {"fitness", "model", "dataset", "searcher", "trainer", "reporter", "activation", "optimizer"}
 # Kinds whose conformance test lives beside the plugin that defines the kind's contract.
 ELSEWHERE = {
+    "strategy": "tests/test_population.py (parity of every strategy with the loop, values and gradients)",
     "benchmark": "tests/benchmarks/test_harness.py and each suite's quick-mode test in tests/benchmarks/",
     "grad_estimator": "tests/evoens_binary/test_binary_estimators.py::test_grad_estimator_provider_conformance",
     "mutation": "tests/evoens_morph/test_morph_widen.py (conformance over every registered mutation)",
@@ -91,3 +92,23 @@ def test_fitness_refuses_targets_that_would_broadcast() -> None:
     assert neg_mse(pred, torch.ones(2, 5, 1)).tolist() == [-1.0, -1.0]  # per-member targets
     with pytest.raises(ValueError, match="integer labels"):
         neg_cross_entropy(torch.zeros(2, 5, 3), torch.zeros(5, 1, dtype=torch.long))
+
+
+@pytest.mark.parametrize("name", _names("activation"))
+def test_activation_is_an_elementwise_module(name: str) -> None:
+    act = REGISTRY.create("activation", name)
+    x = torch.randn(4, 7)
+    assert isinstance(act, torch.nn.Module) and act(x).shape == x.shape
+    torch.testing.assert_close(act(x)[1:2], act(x[1:2]))  # no mixing between samples
+
+
+@pytest.mark.parametrize("name", _names("optimizer"))
+def test_optimizer_descends_a_quadratic(name: str) -> None:
+    w = torch.nn.Parameter(torch.tensor([3.0, -2.0]))
+    opt = REGISTRY.create("optimizer", name, [w], lr=0.1, weight_decay=0.0)
+    start = float((w.detach() ** 2).sum())
+    for _ in range(5):
+        opt.zero_grad()
+        (w**2).sum().backward()
+        opt.step()
+    assert float((w.detach() ** 2).sum()) < start
