@@ -4,19 +4,24 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from evoens import Provider, hookimpl
 from evoens.candidates import Candidates, Evaluation
-from evoens.config import ConfigError, DataConfig, ModelConfig
+from evoens.config import ConfigError, DataConfig, ModelConfig, option
 from evoens.datasets import DATASETS, DataSplits, load_dataset
 from evoens.evolution import EvolutionTrainer, build_evolution
 from evoens.fitness import FITNESS
-from evoens.gradient import GradientOptions, GradientTrainer, build_estimator, build_gradient
-from evoens.models import convnet, mlp
+from evoens.gradient import OPTIMIZERS, GradientOptions, GradientTrainer, build_estimator, build_gradient
+from evoens.models import ACTIVATIONS, convnet, mlp
 from evoens.run import Run, RunContext, candidate_accuracies
+from evoens.strategies import STRATEGIES
+
+# The core's own entries, before any run adds plugins' (evoens.run.TABLES).
+_OWN_STRATEGIES, _OWN_ACTIVATIONS, _OWN_OPTIMIZERS = dict(STRATEGIES), dict(ACTIVATIONS), dict(OPTIMIZERS)
 
 
 def evolution_trainer(run: RunContext, options: None) -> EvolutionTrainer:
@@ -58,12 +63,19 @@ def _mlp(input_shape: tuple[int, ...], num_outputs: int, cfg: ModelConfig) -> to
     return mlp(input_shape, num_outputs, cfg.hidden, cfg.activation)
 
 
+@dataclass
+class ConvNetOptions:
+    """``[model.options]`` of ``convnet``."""
+
+    channels: list[int] = option([8, 16], "output channels of each conv (5x5) + 2x2 max-pool stage", ge=1)
+    kernel: int = option(5, "conv kernel size (odd: same padding)", ge=1)
+
+
 def _convnet(input_shape: tuple[int, ...], num_outputs: int, cfg: ModelConfig) -> torch.nn.Module:
-    unknown = sorted(set(cfg.options) - {"channels", "kernel"})
-    if unknown or len(input_shape) != 3:
-        problem = f"unknown option(s) {', '.join(unknown)}" if unknown else f"needs (C, H, W) inputs, got {input_shape}"
-        raise ConfigError(f"model 'convnet': {problem}; options: channels (list of widths), kernel (int)")
-    return convnet(input_shape, num_outputs, activation=cfg.activation, **cfg.options)
+    if len(input_shape) != 3:
+        raise ConfigError(f"model 'convnet': needs (C, H, W) inputs, got {input_shape}; use an image dataset (mnist)")
+    opts = ConvNetOptions(**cfg.options)  # validated by the run's config walker already
+    return convnet(input_shape, num_outputs, tuple(opts.channels), opts.kernel, activation=cfg.activation)
 
 
 def _dataset(name: str) -> Any:
@@ -86,11 +98,18 @@ def evoens_register_providers() -> Iterator[Provider]:
     yield Provider("trainer", "gradient", gradient_trainer, "P independent networks, one batched optimizer",
                    options=GradientOptions)  # fmt: skip
     yield Provider("model", "mlp", _mlp, "multi-layer perceptron: model.hidden widths, model.activation")
-    yield Provider("model", "convnet", _convnet, "EvoJAX MNIST ConvNet (options: channels, kernel)")
+    yield Provider("model", "convnet", _convnet, "EvoJAX MNIST ConvNet (options: channels, kernel)",
+                   options=ConvNetOptions)  # fmt: skip
     for name, (fn, description) in FITNESS.items():
         yield Provider("fitness", name, lambda fn=fn: fn, description)
     for name in DATASETS:
         yield Provider("dataset", name, _dataset(name), f"dataset '{name}' (evoens.datasets)")
+    for name, strategy in _OWN_STRATEGIES.items():
+        yield Provider("strategy", name, lambda s=strategy: s, f"population forward: {type(strategy).__name__}")
+    for name, module in _OWN_ACTIVATIONS.items():
+        yield Provider("activation", name, module, f"torch.nn.{module.__name__}")
+    for name, optimizer in _OWN_OPTIMIZERS.items():
+        yield Provider("optimizer", name, optimizer, f"torch.optim.{optimizer.__name__}")
 
 
 @hookimpl(trylast=True)
