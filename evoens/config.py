@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import functools
 import operator
 import sys
@@ -42,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
-from evoens.errors import ConfigError
+from evoens.errors import ConfigError, did_you_mean
 from evoens.errors import show as _show
 from evoens.toml_writer import config_to_dict, dump_toml
 
@@ -249,7 +248,7 @@ def _check(value: Any, path: str, meta: Mapping[str, Any], others: Sequence[Any]
     if isinstance(value, str) and choices is not None and value not in choices:
         alt = "".join(f" or {_describe(a)} {_range_text(meta)}".rstrip() for a in others)
         raise ConfigError(
-            f"{path} = {_show(value)}: must be one of {', '.join(choices)}{alt}{_did_you_mean(value, choices)}"
+            f"{path} = {_show(value)}: must be one of {', '.join(choices)}{alt}{did_you_mean(value, choices)}"
         )
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
     # written as `not op(...)` so that NaN fails every bound
@@ -308,15 +307,9 @@ def _unknown_key(cls: type, key: str, prefix: str) -> str:
         for name, tp in _hints(cls).items()
         if dataclasses.is_dataclass(tp) and key in _hints(tp)
     ]
-    hint = f" (did you mean {' or '.join(map(repr, elsewhere))}?)" if elsewhere else _did_you_mean(key, names)
+    hint = f" (did you mean {' or '.join(map(repr, elsewhere))}?)" if elsewhere else did_you_mean(key, names)
     where = f"in [{prefix[:-1]}]" if prefix else "at the top level"
     return f"unknown key {prefix + key!r}{hint}; allowed keys {where}: {', '.join(names)}"
-
-
-def _did_you_mean(word: str, options: Sequence[str]) -> str:
-    lowered = {o.lower(): o for o in options}
-    close = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
-    return f" (did you mean {lowered[close[0]]!r}?)" if close else ""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,6 +6,9 @@ tracebacks are shown only with ``--debug``.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class UserError(Exception):
     """Base of every error caused by input the user controls (configs, data, plugins, run dirs)."""
@@ -19,6 +22,15 @@ def show(value: object) -> str:
     """A value as error messages quote it: its repr (always one line), cut when long."""
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def did_you_mean(word: str, options: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``options`` (case-insensitive; an old kebab-case
+    or dotted provider name finds its snake_case spelling), or ``""``."""
+    lowered = {o.lower(): o for o in options}
+    snake = word.lower().replace("-", "_").replace(".", "_")
+    close = [snake] if snake in lowered else difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+    return f" (did you mean {lowered[close[0]]!r}?)" if close else ""
 
 
 class PluginError(UserError):

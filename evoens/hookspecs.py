@@ -74,9 +74,12 @@ def evoens_register_providers() -> Iterable[Provider]:
     """Contribute named providers: searchers, trainers, models, datasets, fitness evaluators,
     reporters, weight generators, gradient estimators, mutation operators, benchmark suites.
 
-    Called once per plugin manager when the registry is built. Return (or yield) any number of
-    :class:`evoens.registry.Provider`; configs and the CLI select them by ``(kind, name)``. A
-    name registered twice for one kind is an error naming both plugins.
+    Called once per plugin manager when the registry is built, through pluggy like every hook
+    (a ``wrapper=True`` implementation receives the list of each plugin's providers and may edit
+    it). Return (or yield) any number of :class:`evoens.registry.Provider` (the kinds and their
+    factories: :mod:`evoens.kinds`); each is tagged with the plugin that returned it. Configs and
+    the CLI select them by ``(kind, name)``; a name registered twice for one kind is an error
+    naming both plugins (the earlier-registered one first).
     """
 
 

@@ -7,13 +7,12 @@ clear one-line error that lists the known names.
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
 from evoens.config import parse_options
-from evoens.errors import ConfigError, RegistryError
+from evoens.errors import ConfigError, RegistryError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -37,13 +36,6 @@ def require_provider(provider: object, plugin: str) -> None:
         raise RegistryError(
             f"plugin '{plugin}' registered {provider!r}: evoens_register_providers must return evoens.Provider objects"
         )
-
-
-def _did_you_mean(name: str, known: Iterable[str]) -> str:
-    known = list(known)
-    snake = name.replace("-", "_").replace(".", "_")  # names are snake_case (old ones: kebab-case)
-    close = [snake] if snake in known else difflib.get_close_matches(name, known, n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 class Registry:
@@ -71,7 +63,7 @@ class Registry:
         except KeyError:
             known = self.names(kind)
             listing = ", ".join(known) if known else "none registered"
-            raise RegistryError(f"unknown {kind} '{name}'{_did_you_mean(name, known)}; known: {listing}") from None
+            raise RegistryError(f"unknown {kind} '{name}'{did_you_mean(name, known)}; known: {listing}") from None
 
     def options(self, kind: str, name: str, table: dict[str, Any], key: str) -> Any:
         """Provider ``name``'s options from config ``table`` (at dotted ``key``): an instance of

@@ -20,7 +20,7 @@ ELSEWHERE = {
     "grad_estimator": "tests/evoens_binary/test_binary_estimators.py::test_grad_estimator_provider_conformance",
     "mutation": "tests/evoens_morph/test_morph_widen.py (conformance over every registered mutation)",
 }
-NEEDS_FILES = {"mnist", "fashion-mnist", "cifar10", "cifar10.1"}  # covered by tests/test_data.py
+NEEDS_FILES = {"mnist", "fashion_mnist", "cifar10", "cifar10_1"}  # covered by tests/test_data.py
 IMAGE_MODELS = {"convnet", "binary_cnn"}
 
 

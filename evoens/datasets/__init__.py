@@ -20,7 +20,6 @@ keyword arguments (e.g. ``binary_teacher=True`` for ``gaussian``), anything else
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +33,7 @@ from evoens.datasets.idx import read_idx
 from evoens.datasets.mnist import FASHION_MNIST_MIRRORS, MNIST_MIRRORS, load_fashion_mnist, load_mnist
 from evoens.datasets.offline import load_digits, load_mnist1d
 from evoens.datasets.synthetic import make_gaussian
+from evoens.errors import did_you_mean
 
 __all__ = [
     "DATASETS",
@@ -109,13 +109,8 @@ def load_dataset(
         loader = DATASETS[name]
     except KeyError:
         known = ", ".join(sorted(DATASETS))
-        raise DataError(f"unknown dataset {name!r}{_did_you_mean(name)}; known: {known}") from None
+        raise DataError(f"unknown dataset {name!r}{did_you_mean(name, DATASETS)}; known: {known}") from None
     directory = resolve_data_dir(data_dir)
     return loader(data_dir=directory, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, **options)
 
 
-def _did_you_mean(name: str) -> str:
-    """`` (did you mean 'fashion_mnist'?)`` for an old kebab or dotted spelling or a near miss, else ``""``."""
-    snake = name.replace("-", "_").replace(".", "_")  # the names before snake_case: fashion-mnist, cifar10.1
-    close = [snake] if snake in DATASETS else difflib.get_close_matches(name, DATASETS, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""

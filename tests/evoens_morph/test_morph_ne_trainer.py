@@ -1,4 +1,4 @@
-"""The ``r2r-ne`` trainer: ``evoens run`` of block-level R2R neuroevolution equals ``neuroevolve``
+"""The ``r2r_ne`` trainer: ``evoens run`` of block-level R2R neuroevolution equals ``neuroevolve``
 step for step, resumes exactly from a checkpoint (shared blocks stay shared) and turns bad
 options or non-image data into one-line config errors."""
 
