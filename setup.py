@@ -58,6 +58,7 @@ setup(
             "loop = evoens.engine",
             "binary = evoens_binary.hooks",
             "morph = evoens_morph.hooks",
+            "ensemble = evoens_ensemble.hooks",
             "benchmarks = evoens_benchmarks.hooks",
         ],
     },

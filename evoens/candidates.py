@@ -143,9 +143,13 @@ class Candidates:
 
     def evaluate(self, fitness_fn: Callable[[Tensor, Tensor], Tensor], batch: tuple[Tensor, Tensor]) -> Evaluation:
         """``fitness_fn`` ``((P_s, B, C), (B,)) -> (P_s,)`` on every species: the fitness in member
-        order and the outputs it was computed from (one forward per species)."""
+        order and the outputs it was computed from (one forward per species). A fitness that
+        couples the members (an ensemble's; it sets ``couples_members = True``) sees them all at
+        once, ``(P, B, C)`` in member order, whatever their species."""
         x, y = batch
         outputs = self.forward(x)
+        if getattr(fitness_fn, "couples_members", False) and len(outputs) > 1:
+            return Evaluation(fitness_fn(self.gather(outputs), y), outputs)  # (P,)
         return Evaluation(self.gather([fitness_fn(o, y) for o in outputs]), outputs)  # (P,)
 
     def logits(self, x: Tensor) -> Tensor:

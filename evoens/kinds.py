@@ -60,7 +60,10 @@ class Trainer(Protocol):
 
 
 class FitnessFn(Protocol):
-    """``(outputs (P, B, C), targets (B,) or (P, B, ...)) -> (P,)``, higher is better, differentiable."""
+    """``(outputs (P, B, C), targets (B,) or (P, B, ...)) -> (P,)``, higher is better, differentiable.
+
+    Evaluated per species, unless the function couples the members (an ensemble's fitness) and
+    says so with an attribute ``couples_members = True``: then it gets all P members at once."""
 
     def __call__(self, outputs: Tensor, targets: Tensor) -> Tensor: ...
 

@@ -77,3 +77,19 @@ def test_groups_must_partition_the_members() -> None:
     pop = Population.from_module(_mlp(4, 0), 2)
     with pytest.raises(ValueError, match="do not partition"):
         Candidates([pop, pop], groups=[[0, 1], [1, 2]])
+
+
+def test_a_fitness_that_couples_members_sees_all_species_at_once() -> None:
+    models, (x, y) = _mixed(), _batch()
+    candidates = Candidates.from_modules(models)
+    seen: list[tuple[int, ...]] = []
+
+    def ensemble_fitness(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        seen.append(tuple(outputs.shape))
+        return -outputs.softmax(-1).mean(0).log().gather(1, targets[:, None]).mean().expand(len(outputs))
+
+    ensemble_fitness.couples_members = True  # type: ignore[attr-defined]
+    evaluation = candidates.evaluate(ensemble_fitness, (x, y))
+    assert seen == [(5, 11, 3)] and evaluation.fitness.shape == (5,)
+    per_species = candidates.evaluate(lambda o, t: neg_cross_entropy(o, t), (x, y))
+    assert per_species.fitness.shape == (5,)
