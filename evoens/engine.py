@@ -19,7 +19,7 @@ import torch
 from evoens import hookimpl
 from evoens.checkpoint import load_latest
 from evoens.config import RunConfig, dump_toml, load_config
-from evoens.errors import PluginError
+from evoens.errors import PluginError, RunError, UserError
 from evoens.manager import PluginManager
 from evoens.phases import Phases, call_hook, merge
 from evoens.run import ADDED, Run, build_run, final_evaluation, remove_entries, restore_run
@@ -43,7 +43,7 @@ def run_generation(run: Run, generation: int) -> dict[str, Any]:
     started = time.perf_counter()
     call_hook(run, "evoens_generation_start", run=run, generation=generation)
     phases = Phases(run, generation)
-    stats = {**run.trainer.step(generation, phases), **phases.stats, "nonfinite": phases.nonfinite}
+    stats = {**_step(run, generation, phases), **phases.stats, "nonfinite": phases.nonfinite}
     if phases.calls == 0:
         raise PluginError(
             f"trainer '{run.config.trainer.name}' finished generation {generation} without evaluating its "
@@ -57,6 +57,22 @@ def run_generation(run: Run, generation: int) -> dict[str, Any]:
     run.hook.evoens_report(run=run, generation=generation, stats=stats)  # failures isolated per plugin
     call_hook(run, "evoens_generation_end", run=run, generation=generation, stats=stats)
     return stats
+
+
+def _step(run: Run, generation: int, phases: Phases) -> dict[str, Any]:
+    """The trainer's step; an error of its own names the trainer and its plugin (a hook's error
+    inside it is already a PluginError naming that hook's plugin)."""
+    try:
+        return run.trainer.step(generation, phases)
+    except (UserError, RunError):
+        raise
+    except Exception as exc:
+        name = run.config.trainer.name
+        plugin = run.registry.get("trainer", name).plugin
+        raise PluginError(
+            f"trainer '{name}' (plugin '{plugin}') failed in step at generation {generation}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
 
 
 @hookimpl(trylast=True)

@@ -268,3 +268,23 @@ def test_a_trainer_that_never_evaluates_is_an_error_naming_it(tmp_path: Any) -> 
 
     with pytest.raises(PluginError, match="trainer 'lazy' finished generation 0 without evaluating"):
         run_inline(tiny_config(generations=1, trainer={"name": "lazy"}), tmp_path, Plugin())
+
+
+def test_a_failing_trainer_step_names_the_trainer_and_its_plugin(tmp_path: Any) -> None:
+    import json
+
+    from evoens import Provider
+    from evoens.errors import PluginError
+
+    class Broken:
+        def step(self, generation: int, evaluate: Any) -> dict[str, Any]:
+            raise ZeroDivisionError("oops")
+
+    class Plugin:
+        @hookimpl
+        def evoens_register_providers(self) -> list[Provider]:
+            return [Provider("trainer", "broken", lambda run, options: Broken(), "raises")]
+
+    with pytest.raises(PluginError, match=r"trainer 'broken' \(plugin 'mine'\) failed in step at generation 0: Zero"):
+        run_inline(tiny_config(generations=1, trainer={"name": "broken"}), tmp_path, ("mine", Plugin()))
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
