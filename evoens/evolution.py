@@ -157,8 +157,8 @@ class EvolutionTrainer:
         def after(batch: SolutionBatch) -> None:
             if self._phases is not None:
                 fitness = batch.evals[:, 0].as_subclass(torch.Tensor)  # (N,) sanitized in the actors
-                self._phases.after_evaluate(problem.candidates_of(batch.values.as_subclass(torch.Tensor)),
-                                            Evaluation(fitness))  # fmt: skip
+                candidates = problem.candidates_of(batch.values.as_subclass(torch.Tensor))
+                self._phases.after_evaluate(candidates, Evaluation(fitness), problem.batch)  # type: ignore[arg-type]
 
         problem.before_eval_hook.append(before)
         problem.after_eval_hook.append(after)

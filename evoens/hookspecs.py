@@ -151,12 +151,14 @@ def evoens_after_evaluate(
     candidates: Candidates,
     fitness: torch.Tensor,
     outputs: tuple[torch.Tensor, ...] | None,
+    batch: tuple[torch.Tensor, torch.Tensor],
 ) -> dict[str, float] | None:
     """The candidates' fitness is known: ``(P,)``, detached, NaN/inf replaced by the worst value.
 
     ``outputs`` are exactly the per-species outputs the fitness was computed from (detached), or
     None when the evaluator kept none; ``candidates.gather(outputs)`` gives ``(P, B, C)`` in
-    member order. An ensemble evaluator computes its statistics here without a second forward.
+    member order, and ``batch`` is the ``(x, y)`` they were computed on. An ensemble evaluator
+    computes its statistics here without a second forward.
     Return an optional dict of extra statistics to report for this generation.
     """
 

@@ -6,7 +6,7 @@ call of it runs the evaluation phases in order::
 
     evoens_after_ask(candidates)                      variation: may edit the candidates in place
     evoens_evaluate(candidates, batch)  -> fitness    (P,), with the outputs it came from
-    evoens_after_evaluate(candidates, fitness, outputs) -> extra statistics
+    evoens_after_evaluate(candidates, fitness, outputs, batch) -> extra statistics
 
 The engine calls the rest (``generation_start`` before the step; ``after_tell``, ``report``,
 ``generation_end`` and ``should_stop`` after it), so the order is the same for every trainer
@@ -93,14 +93,14 @@ class Phases:
             call_hook(self.run, "evoens_evaluate", run=self.run, generation=self.generation,
                       candidates=candidates, batch=batch)
         )  # fmt: skip
-        return self.after_evaluate(candidates, evaluation)
+        return self.after_evaluate(candidates, evaluation, batch)
 
     def after_ask(self, candidates: Candidates) -> None:
         """Variation: plugins may edit the candidates' parameters in place (never recorded by autograd)."""
         with torch.no_grad():
             call_hook(self.run, "evoens_after_ask", run=self.run, generation=self.generation, candidates=candidates)
 
-    def after_evaluate(self, candidates: Candidates, evaluation: Evaluation) -> Evaluated:
+    def after_evaluate(self, candidates: Candidates, evaluation: Evaluation, batch: Batch) -> Evaluated:
         """Sanitize the fitness, count non-finite values, and let plugins see fitness and outputs."""
         fitness = evaluation.fitness
         if fitness.shape != (candidates.size,):
@@ -114,7 +114,7 @@ class Phases:
         self.nonfinite = self.nonfinite.to(bad.device) + bad
         extras = call_hook(
             self.run, "evoens_after_evaluate", run=self.run, generation=self.generation, candidates=candidates,
-            fitness=clean, outputs=outputs,
+            fitness=clean, outputs=outputs, batch=batch,
         )  # fmt: skip
         self.stats.update(merge(extras))
         return Evaluated(fitness, clean, outputs)

@@ -34,10 +34,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from evoens.fitness import neg_cross_entropy
+from evoens_ensemble.metrics import get_combiner
 
 FitnessFn = Callable[[Tensor, Tensor], Tensor]
 
-# Combiners that average in some space: (logits -> that space, mean in that space -> log-probs).
+# The differentiable combiners of evoens_ensemble.metrics as "average in some space" pairs
+# (logits -> that space, mean in that space -> log-probs), so that leave-one-out and incremental
+# ensembles are sums in that space.
 _SPACES: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]] = {
     "mean_prob": (lambda z: z.softmax(-1), lambda m: m.clamp_min(1e-30).log()),
     "geo_mean": (lambda z: z.log_softmax(-1), lambda m: m.log_softmax(-1)),
@@ -63,9 +66,9 @@ def _check(outputs: Tensor, targets: Tensor) -> None:
 
 
 def combined_log_probs(outputs: Tensor, combiner: str = "mean_prob") -> Tensor:
-    """The ensemble's log-probabilities: ``(P, B, C) -> (B, C)``."""
-    to_space, finish = _space(combiner)
-    return finish(to_space(outputs).mean(0))  # (B, C)
+    """The ensemble's log-probabilities: ``(P, B, C) -> (B, C)`` (:data:`evoens_ensemble.metrics.COMBINERS`)."""
+    _space(combiner)  # the differentiable ones only (not the vote)
+    return get_combiner(combiner)(outputs)  # (B, C)
 
 
 def ensemble_nll(outputs: Tensor, targets: Tensor, combiner: str = "mean_prob") -> Tensor:

@@ -1,10 +1,28 @@
-"""The evoens_ensemble plugin's hooks: ensemble fitness providers and training modes."""
+"""The evoens_ensemble plugin's hooks: ensemble fitness providers and training modes, and, for a run
+with an ``[extra.ensemble]`` table, the ensemble's metrics per generation and in ``summary.json``."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
-from evoens import Provider, hookimpl
+import torch
+
+from evoens import Provider, StashKey, hookimpl
+from evoens.config import RunConfig, option, parse_options
+
+
+@dataclass
+class EnsembleSettings:
+    """``[extra.ensemble]``: present, it turns the plugin's reports on."""
+
+    combiner: str = option("mean_prob", "how members combine", choices=("mean_prob", "geo_mean", "mean_logit", "vote"))
+    every: int = option(1, "the population's ensemble metrics on the batch every N generations (0: never)", ge=0)
+    selection: int = option(0, "Caruana selection picks on the validation split (0: every candidate)", ge=0)
+
+
+SETTINGS = StashKey[EnsembleSettings]()
 
 
 @hookimpl
@@ -21,3 +39,40 @@ def evoens_register_providers() -> Iterator[Provider]:
                        f"NLL of the {c} ensemble without the member minus with it")  # fmt: skip
     yield Provider("fitness", "ensemble_ncl", lambda: f.negative_correlation(0.5),
                    "negative correlation learning (Liu & Yao 1999), kappa = 0.5")  # fmt: skip
+
+
+@hookimpl
+def evoens_configure(config: RunConfig) -> None:
+    if "ensemble" in config.extra:  # validated here: a mistake stops the run before anything is built
+        parse_options(EnsembleSettings, config.extra["ensemble"], "extra.ensemble")
+
+
+@hookimpl
+def evoens_run_start(run: Any) -> None:
+    if "ensemble" in run.config.extra:
+        run.stash[SETTINGS] = parse_options(EnsembleSettings, run.config.extra["ensemble"], "extra.ensemble")
+
+
+@hookimpl
+def evoens_after_evaluate(run: Any, generation: int, candidates: Any, outputs: Any, batch: Any) -> dict[str, Any] | None:  # noqa: E501
+    """The evaluated population's ensemble on this generation's batch (no second forward)."""
+    settings = run.stash.get(SETTINGS, None)
+    if settings is None or not settings.every or outputs is None or generation % settings.every:
+        return None
+    from evoens_ensemble.metrics import EnsembleMetrics
+
+    metrics = EnsembleMetrics(settings.combiner)
+    metrics.update(candidates.gather(outputs), batch[1])  # (P, B, C)
+    found = metrics.compute()
+    return {f"ensemble_batch_{k}": found[k].to(torch.float32) for k in ("accuracy", "nll", "ece", "disagreement")}
+
+
+@hookimpl
+def evoens_summary(run: Any) -> dict[str, Any] | None:
+    settings = run.stash.get(SETTINGS, None)
+    if settings is None or run.data.num_classes <= 0:
+        return None
+    from evoens_ensemble.judge import judge
+
+    candidates = run.trainer.candidates()
+    return {"ensemble": judge(candidates, run.data.val, run.data.test, settings.combiner, settings.selection)}
