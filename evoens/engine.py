@@ -132,9 +132,12 @@ def resume(out_dir: str | Path, pm: PluginManager, overrides: list[str] | None =
 def _drive(run: Run) -> dict[str, Any]:
     try:
         call_hook(run, "evoens_run_start", run=run)
-        result = call_hook(run, "evoens_run_loop", run=run) or {}
+        result = call_hook(run, "evoens_run_loop", run=run)
+        if result is None:
+            raise PluginError("no plugin provides evoens_run_loop (is the 'loop' plugin disabled?): nothing ran")
     except BaseException as exc:  # leave a record and close the plugins' files, then re-raise
-        _finish(run, {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "generations": run.generation})
+        status = getattr(exc, "status", "failed")  # a RunError may say more precisely ("diverged")
+        _finish(run, {"status": status, "error": f"{type(exc).__name__}: {exc}", "generations": run.generation})
         raise
     summary = {"status": "finished", **result, **final_evaluation(run)}
     for extra in reversed(call_hook(run, "evoens_summary", run=run)):

@@ -47,5 +47,8 @@ class RegistryError(UserError, KeyError):
 class RunError(Exception):
     """The run cannot go on for a reason outside its inputs (a full disk, an unwritable directory).
 
-    The CLI prints it as one line and exits with code 1; the run's summary says ``"failed"`` and
-    what was saved before stays intact, so ``evoens resume`` continues once the cause is fixed."""
+    The CLI prints it as one line and exits with code 1; the run's summary says ``status`` (
+    ``"failed"`` unless a subclass says more, e.g. ``"diverged"``) and what was saved before stays
+    intact, so ``evoens resume`` continues once the cause is fixed."""
+
+    status = "failed"

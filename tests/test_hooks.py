@@ -288,3 +288,10 @@ def test_a_failing_trainer_step_names_the_trainer_and_its_plugin(tmp_path: Any) 
     with pytest.raises(PluginError, match=r"trainer 'broken' \(plugin 'mine'\) failed in step at generation 0: Zero"):
         run_inline(tiny_config(generations=1, trainer={"name": "broken"}), tmp_path, ("mine", Plugin()))
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
+
+
+def test_a_run_without_a_loop_provider_is_an_error(tmp_path: Any) -> None:
+    from evoens.errors import PluginError
+
+    with pytest.raises(PluginError, match="no plugin provides evoens_run_loop"):
+        run_inline(tiny_config(), tmp_path, disable=["loop"])
