@@ -21,7 +21,7 @@ ELSEWHERE = {
     "mutation": "tests/evoens_morph/test_morph_widen.py (conformance over every registered mutation)",
 }
 NEEDS_FILES = {"mnist", "fashion_mnist", "cifar10", "cifar10_1"}  # covered by tests/test_data.py
-IMAGE_MODELS = {"convnet", "binary_cnn"}
+IMAGE_MODELS = {"convnet", "binary_cnn", "interp_cnn"}
 
 
 def _names(kind: str) -> list[str]:

@@ -3,6 +3,7 @@ with an ``[extra.ensemble]`` table, the ensemble's metrics per generation and in
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,31 @@ class EnsembleSettings:
 SETTINGS = StashKey[EnsembleSettings]()
 
 
+@dataclass
+class InterpOptions:
+    """``[model.options]`` of ``interp_mlp`` / ``interp_cnn`` (:mod:`evoens_ensemble.interp`)."""
+
+    members: int = option(4, "M: sub-networks of the wide network", ge=1)
+    lam: float = option(0.0, "scale of the cross-member blocks: 0 = M independent nets, 1 = one wide net", ge=0, le=1)
+    channels: list[int] = option([8, 16], "interp_cnn: channels per member and conv stage", ge=1)
+    kernel: int = option(5, "interp_cnn: conv kernel size", ge=1)
+
+
+def _interp_mlp(input_shape: tuple[int, ...], num_outputs: int, cfg: Any) -> torch.nn.Module:
+    from evoens_ensemble.interp import InterpMLP
+
+    o = InterpOptions(**cfg.options)
+    return InterpMLP(math.prod(input_shape), list(cfg.hidden), num_outputs, o.members, o.lam, activation=cfg.activation)
+
+
+def _interp_cnn(input_shape: tuple[int, ...], num_outputs: int, cfg: Any) -> torch.nn.Module:
+    from evoens_ensemble.interp import InterpCNN
+
+    o = InterpOptions(**cfg.options)
+    return InterpCNN(input_shape, list(o.channels), num_outputs, o.members, o.lam, kernel=o.kernel,
+                     activation=cfg.activation)  # fmt: skip
+
+
 @hookimpl
 def evoens_register_providers() -> Iterator[Provider]:
     from evoens_ensemble import fitness as f
@@ -37,6 +63,10 @@ def evoens_register_providers() -> Iterator[Provider]:
                        f"-NLL of the {c} ensemble for every member: the population's score")  # fmt: skip
         yield Provider("fitness", f"ensemble_loo_gain:{c}", lambda c=c: f.leave_one_out_gain(c),
                        f"NLL of the {c} ensemble without the member minus with it")  # fmt: skip
+    yield Provider("model", "interp_mlp", _interp_mlp, "M MLPs as one wide MLP, cross blocks scaled by lam",
+                   options=InterpOptions)  # fmt: skip
+    yield Provider("model", "interp_cnn", _interp_cnn, "M conv nets as one wide conv net, cross blocks scaled by lam",
+                   options=InterpOptions)  # fmt: skip
     yield Provider("fitness", "ensemble_ncl", lambda: f.negative_correlation(0.5),
                    "negative correlation learning (Liu & Yao 1999), kappa = 0.5")  # fmt: skip
 
