@@ -21,6 +21,7 @@ class EnsembleSettings:
     combiner: str = option("mean_prob", "how members combine", choices=("mean_prob", "geo_mean", "mean_logit", "vote"))
     every: int = option(1, "the population's ensemble metrics on the batch every N generations (0: never)", ge=0)
     selection: int = option(0, "Caruana selection picks on the validation split (0: every candidate)", ge=0)
+    ood: str = option("", "a shifted test split judged too: 'rotate:3', 'blur:2', ... or 'cifar10_1' ('' = none)")
 
 
 SETTINGS = StashKey[EnsembleSettings]()
@@ -104,5 +105,10 @@ def evoens_summary(run: Any) -> dict[str, Any] | None:
         return None
     from evoens_ensemble.judge import judge
 
-    candidates = run.trainer.candidates()
-    return {"ensemble": judge(candidates, run.data.val, run.data.test, settings.combiner, settings.selection)}
+    ood = None
+    if settings.ood:
+        from evoens_ensemble.shift import ood_split
+
+        ood = ood_split(run.data, settings.ood, seed=run.config.seed, data_dir=run.config.data.data_dir)
+    entry = judge(run.trainer.candidates(), run.data.val, run.data.test, settings.combiner, settings.selection, ood)
+    return {"ensemble": {**entry, "ood_split": settings.ood or None}}

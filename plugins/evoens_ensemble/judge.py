@@ -45,16 +45,20 @@ def selected(candidates: Candidates, val: Split, size: int, combiner: str) -> Ca
     return candidates.select(sorted(picks, key=lambda i: (-Counter(picks)[i], i)))
 
 
-def judge(candidates: Candidates, val: Split, test: Split, combiner: str, selection: int = 0) -> dict[str, Any]:
+def judge(
+    candidates: Candidates, val: Split, test: Split, combiner: str, selection: int = 0, ood: Split | None = None
+) -> dict[str, Any]:
     """``summary.json``'s ``ensemble`` entry: the ensemble's and the best member's accuracy, NLL,
-    Brier and ECE on val and test (the best member: highest validation accuracy)."""
+    Brier and ECE on val, test and (given one) a shifted test split ``ood`` (the best member:
+    highest validation accuracy)."""
     judge_split = val if len(val.y) else test
     if selection:
         candidates = selected(candidates, judge_split, selection, combiner)
-    val_m, test_m = (split_metrics(candidates, s, combiner) for s in (judge_split, test))
-    best = int(val_m["member_accuracy"].argmax())
+    splits = {"val": judge_split, "test": test, **({"ood": ood} if ood is not None else {})}
+    found = {name: split_metrics(candidates, s, combiner) for name, s in splits.items()}
+    best = int(found["val"]["member_accuracy"].argmax())
     entry: dict[str, Any] = {"combiner": combiner, "members": list(candidates.names), "selection": selection}
-    for name, m in (("val", val_m), ("test", test_m)):
+    for name, m in found.items():
         floats = as_floats(m)
         entry[name] = {k: floats[k] for k in REPORTED}
         entry[f"best_member_{name}"] = {k: floats[f"member_{k}"][best] for k in REPORTED}  # type: ignore[index]
