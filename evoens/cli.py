@@ -3,7 +3,8 @@
 User errors (a bad config, missing data, an unknown provider, a broken plugin) print one line
 ``evoens: error: ...`` and exit with code 2; a run that cannot go on for an outside reason (a
 checkpoint that cannot be written) prints one line too and exits with code 1; tracebacks only
-with ``--debug``.
+with ``--debug``. A run stopped by SIGINT (Ctrl-C) exits with 130, by SIGTERM with 143 (the
+shells' 128 + signal number), after a line saying how to resume it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,18 @@ from typing import Any
 from evoens import __version__
 from evoens.errors import RunError, UserError
 
+EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, as shells report it
+
+
+def _plugin_switch(value: str) -> str:
+    """``-p no:NAME`` is the only form: ``-p NAME`` (pytest's "load NAME") would do the opposite."""
+    if not value.startswith("no:") or not value.removeprefix("no:").strip():
+        raise argparse.ArgumentTypeError(
+            f"-p takes no:NAME and disables the plugin NAME (got {value!r}); installed plugins load by "
+            "themselves, --plugins-dir DIR adds local ones, and `evoens plugins` lists them"
+        )
+    return value
+
 
 def _plugin_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -27,11 +40,18 @@ def _plugin_args(parser: argparse.ArgumentParser) -> None:
         dest="disable",
         action="append",
         default=[],
+        type=_plugin_switch,
         metavar="no:NAME",
         help="disable the plugin NAME (repeatable); also EVOENS_DISABLE_PLUGINS=a,b",
     )
     parser.add_argument("--plugins-dir", help="also load every *.py file of this directory as a plugin")
     parser.add_argument("--trace-plugins", action="store_true", help="print every hook call to stderr")
+
+
+def _threads_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads", type=int, metavar="N", help="torch intra-op threads (the config's `threads`; 0: torch's default)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="path of the run config (TOML)")
     run.add_argument("--out", default=None, help="run directory (default: runs/<config name>)")
     run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="if --out holds a run already, move it aside to DIR.old-<timestamp> (never deleted)",
+    )
+    run.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -54,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", choices=["cpu", "cuda", "auto"], help="override the config's device")
     run.add_argument("--data-dir", help="directory of downloaded datasets (also EVOENS_DATA_DIR)")
     _plugin_args(run)
+    _threads_arg(run)
 
     resume = sub.add_parser("resume", help="continue a run directory from its newest checkpoint")
     resume.add_argument("dir", help="the run directory (holds config.toml and checkpoints/)")
@@ -66,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a key of the run's config, e.g. --set generations=500",
     )
     _plugin_args(resume)
+    _threads_arg(resume)
 
     bench = sub.add_parser("bench", help="run a benchmark suite (no NAME: list the suites)")
     bench.add_argument("name", nargs="?", help="suite name, see `evoens bench`")
@@ -81,14 +108,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _manager(args: argparse.Namespace, config: Any = None) -> Any:
+def _manager(args: argparse.Namespace, config: Any = None, lenient: bool = False) -> Any:
+    """The plugin manager of a command (``lenient``: list broken plugins instead of stopping). Run
+    and resume build it from their resolved config, so the run's thread count is applied here."""
     from evoens.manager import create_plugin_manager
 
+    if config is not None and config.threads:
+        import torch
+
+        torch.set_num_threads(config.threads)
     disable = list(args.disable) + (list(config.plugins.disable) if config else [])
     require = list(config.plugins.require) if config else []
     return create_plugin_manager(
-        disable=disable, require=require, plugins_dir=args.plugins_dir, trace=args.trace_plugins or None
+        disable=disable,
+        require=require,
+        plugins_dir=args.plugins_dir,
+        trace=args.trace_plugins or None,
+        lenient=lenient,
     )
+
+
+def _interrupted(summary: dict[str, Any], out: Path) -> int:
+    """The exit code of a run stopped by a signal, after the line saying how to go on."""
+    received = summary.get("signal") or "SIGINT"
+    print(f"run interrupted by {received}: {out / 'summary.json'}; continue with `evoens resume {out}`")
+    return EXIT_CODES.get(received, 130)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -102,7 +146,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides.append(f"data.data_dir={json.dumps(args.data_dir)}")
     config = load_config(args.config, overrides)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    summary = execute(config, out, _manager(args, config))
+    summary = execute(config, out, _manager(args, config), overwrite=args.overwrite)
+    if summary.get("status") == "interrupted":
+        return _interrupted(summary, out)
     shown = {k: summary[k] for k in ("best_fitness", "test_accuracy", "generations", "wall_seconds") if k in summary}
     print(f"run finished: {out / 'summary.json'} " + json.dumps(shown))
     return 0
@@ -111,9 +157,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from evoens.config import load_config
     from evoens.engine import resume
+    from evoens.rundir import NothingToDo, RunDirError
 
     config_path = Path(args.dir) / "config.toml"
-    summary = resume(args.dir, _manager(args, load_config(config_path, args.overrides)), args.overrides)
+    if not config_path.is_file():
+        raise RunDirError(f"{args.dir} is not a run directory: it has no config.toml (`evoens run CONFIG --out DIR`)")
+    try:
+        summary = resume(args.dir, _manager(args, load_config(config_path, args.overrides)), args.overrides)
+    except NothingToDo as done:  # exit 0: a re-queued resume of a complete run is no failure
+        print(done)
+        return 0
+    if summary.get("status") == "interrupted":
+        return _interrupted(summary, Path(args.dir))
     print(f"run resumed and finished: {Path(args.dir) / 'summary.json'} status={summary.get('status')}")
     return 0
 
@@ -121,7 +176,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def cmd_plugins(args: argparse.Namespace) -> int:
     from evoens.manager import describe_plugins
 
-    rows = describe_plugins(_manager(args))
+    rows = describe_plugins(_manager(args, lenient=True))
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -139,9 +194,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from evoens.bench import run_suite
     from evoens.run import resolve_device
 
-    registry = _manager(args).registry
+    listing = not (args.all or args.name)
+    pm = _manager(args, lenient=listing)
+    registry = pm.registry
     names = registry.names("benchmark") if args.all else [args.name] if args.name else []
     if not names:
+        for failure in pm.failures:
+            print(f"plugin {failure.name} not loaded: {failure.error}", file=sys.stderr)
         for provider in registry:
             if provider.kind == "benchmark":
                 print(f"{provider.name:20s} {provider.description}  [{provider.plugin}]")
@@ -184,6 +243,8 @@ def _configure_output(debug: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_output(args.debug)
+    if getattr(args, "threads", None) is not None:  # like --device: recorded in the run's config.toml
+        args.overrides.append(f"threads={args.threads}")
     try:
         return COMMANDS[args.command](args)
     except (UserError, RunError) as exc:  # ConfigError, DataError, PluginError, ... are UserErrors
@@ -192,7 +253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"evoens: error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, UserError) else 1
     except KeyboardInterrupt:
-        print("evoens: interrupted", file=sys.stderr)
+        where = {"run": getattr(args, "out", None), "resume": getattr(args, "dir", None)}.get(args.command)
+        hint = f"; continue from its newest checkpoint with `evoens resume {where}`" if where else ""
+        print(f"evoens: interrupted{hint}", file=sys.stderr)
         return 130
 
 

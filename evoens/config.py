@@ -153,6 +153,10 @@ class RunConfig:
     device: str = _opt("auto", "where the population is evaluated", choices=("auto", "cpu", "cuda"))
     eval_every: int = _opt(10, "evaluate on the validation split every N generations", ge=1)
     reporters: list[str] = _opt(["jsonl", "tensorboard", "plot"], "reporter names")
+    threads: int = _opt(0, "torch intra-op threads for the run (torch.set_num_threads); 0: torch's default", ge=0)
+    progress_seconds: float = _opt(
+        30.0, "without a terminal, a progress line on stderr every N seconds (0: none)", ge=0
+    )
     data: DataConfig = _opt(DataConfig, "the dataset")
     model: ModelConfig = _opt(ModelConfig, "the architecture")
     trainer: TrainerConfig = _opt(TrainerConfig, "the search / training")

@@ -5,7 +5,10 @@ third-party package), plus optional ``*.py`` files of a ``--plugins-dir`` and ob
 by code. Each is validated before it is registered, so a misspelled hook or an argument the
 contract does not have fails at start-up with one line naming the plugin. A plugin that fails to
 import is reported and skipped (unless required). ``-p no:NAME`` or ``EVOENS_DISABLE_PLUGINS``
-block plugins by name; ``EVOENS_TRACE_PLUGINS=1`` prints every hook call to stderr.
+block plugins by name (a name that no plugin has is an error listing the known ones);
+``EVOENS_TRACE_PLUGINS=1`` prints one short line per hook call to stderr. With ``lenient=True``
+(``evoens plugins``, the suite listing of ``evoens bench``) a plugin that breaks the contract is
+reported beside the others instead of stopping the command.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import inspect
 import logging
 import os
 import sys
-from collections.abc import Iterable, Mapping
+import traceback
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
@@ -25,13 +29,14 @@ from typing import Any
 import pluggy
 
 from evoens import hookspecs
-from evoens.errors import PluginError, UserError
+from evoens.errors import PluginError, UserError, did_you_mean
 from evoens.registry import Provider, Registry, require_provider
 
 GROUP = "evoens"
 DISABLE_ENV = "EVOENS_DISABLE_PLUGINS"
 TRACE_ENV = "EVOENS_TRACE_PLUGINS"
 PREFIX = "evoens_"
+LOCAL = "local"  # the version shown for a --plugins-dir file (its distribution is the file's path)
 
 log = logging.getLogger("evoens")
 
@@ -44,6 +49,7 @@ class PluginInfo:
     dist: str | None = None
     version: str | None = None
     error: str | None = None
+    traceback: str | None = None  # of an import failure; shown with --debug
 
     @property
     def label(self) -> str:
@@ -182,21 +188,39 @@ def _fail(pm: PluginManager, info: PluginInfo, required: bool) -> None:
         raise PluginError(message)
     pm.failures.append(info)
     log.warning("%s; skipped (it stays off until fixed)", message)
+    if info.traceback:
+        log.info("traceback of %s:\n%s", info.label, info.traceback.rstrip())  # shown with --debug
 
 
-def _load_entry_points(pm: PluginManager, blocked: set[str], require: set[str]) -> None:
+def _import_error(exc: BaseException) -> tuple[str, str]:
+    """The one-line error and the traceback of a plugin's import that raised (or called sys.exit)."""
+    text = f"SystemExit({exc.code!r}) at import" if isinstance(exc, SystemExit) else f"{type(exc).__name__}: {exc}"
+    return text, "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def _register(pm: PluginManager, plugin: object, info: PluginInfo, required: bool, lenient: bool) -> None:
+    try:
+        pm.register(plugin, info.name, info)
+    except PluginError as exc:
+        if not lenient or required:
+            raise
+        pm.failures.append(replace(info, error=str(exc).removeprefix(f"{info.label}: ")))
+
+
+def _load_entry_points(pm: PluginManager, blocked: set[str], require: set[str], lenient: bool) -> None:
     for ep in _entry_points():
         if ep.name in blocked or pm.has_plugin(ep.name):
             continue
         try:
             plugin = ep.load()
-        except Exception as exc:  # a broken third-party plugin must not take the toolkit down
-            _fail(pm, _ep_info(ep, f"{type(exc).__name__}: {exc}"), ep.name in require)
+        except (Exception, SystemExit) as exc:  # a broken third-party plugin must not take the toolkit down
+            error, tb = _import_error(exc)
+            _fail(pm, replace(_ep_info(ep, error), traceback=tb), ep.name in require)
             continue
-        pm.register(plugin, ep.name, _ep_info(ep))
+        _register(pm, plugin, _ep_info(ep), ep.name in require, lenient)
 
 
-def _load_plugins_dir(pm: PluginManager, directory: Path, blocked: set[str], require: set[str]) -> None:
+def _load_plugins_dir(pm: PluginManager, directory: Path, blocked: set[str], require: set[str], lenient: bool) -> None:
     if not directory.is_dir():
         raise PluginError(f"--plugins-dir {directory}: not a directory")
     for path in sorted(directory.glob("*.py")):
@@ -208,16 +232,67 @@ def _load_plugins_dir(pm: PluginManager, directory: Path, blocked: set[str], req
         module = importlib.util.module_from_spec(spec)
         try:
             spec.loader.exec_module(module)
-        except Exception as exc:
-            _fail(pm, PluginInfo(name, str(path), None, f"{type(exc).__name__}: {exc}"), name in require)
+        except (Exception, SystemExit) as exc:
+            error, tb = _import_error(exc)
+            _fail(pm, PluginInfo(name, str(path), LOCAL, error, tb), name in require)
             continue
-        pm.register(module, name, PluginInfo(name, str(path)))
+        _register(pm, module, PluginInfo(name, str(path), LOCAL), name in require, lenient)
 
 
-def enable_tracing(pm: PluginManager, write: Any = None) -> None:
-    """Print every hook call (and what it returned) through ``write`` (stderr by default)."""
-    pm.trace.root.setwriter(write or sys.stderr.write)
-    pm.enable_tracing()
+def _check_disabled(disable: Iterable[str], known: set[str]) -> None:
+    """``-p no:NAME`` (or ``plugins.disable``) must name a plugin: a typo would silently do nothing."""
+    for name in sorted({n.removeprefix("no:").strip() for n in disable} - known - {""}):
+        raise PluginError(
+            f"-p no:{name}: there is no plugin named {name!r}{did_you_mean(name, known)}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+
+
+def describe_value(value: object, depth: int = 0) -> str:
+    """A hook argument as the trace shows it: short, never its data. A tensor is its shape, dtype
+    and device; the run is its directory; a mapping its keys; other objects their type."""
+    import torch  # only called while tracing; torch is loaded by then
+
+    if isinstance(value, torch.Tensor):
+        return f"Tensor{list(value.shape)} {str(value.dtype).removeprefix('torch.')} {value.device}"
+    if value is None or isinstance(value, (bool, int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 40 else repr(value[:37] + "...")
+    if hasattr(value, "out_dir") and hasattr(value, "config"):  # the Run (and its RunContext)
+        return f"{type(value).__name__}({value.out_dir})"
+    if isinstance(value, Mapping):
+        keys = [str(k) for k in value]
+        return "{" + ", ".join(keys[:6]) + (f", ... {len(keys)} keys" if len(keys) > 6 else "") + "}"
+    if isinstance(value, (tuple, list)) and depth == 0 and len(value) <= 4:
+        inner = ", ".join(describe_value(v, depth + 1) for v in value)
+        return f"({inner})" if isinstance(value, tuple) else f"[{inner}]"
+    if isinstance(value, (tuple, list)):
+        return f"{type(value).__name__}[{len(value)}]"
+    return type(value).__name__
+
+
+class _CallTracer:
+    """One line per hook call, written when the call starts, indented by nesting depth."""
+
+    def __init__(self, write: Callable[[str], Any]) -> None:
+        self.write, self.depth = write, 0
+
+    def before(self, hook_name: str, hook_impls: Any, kwargs: Mapping[str, Any]) -> None:
+        args = ", ".join(f"{k}={describe_value(v)}" for k, v in kwargs.items())
+        self.write(f"{'  ' * self.depth}{hook_name}({args}) -> {len(hook_impls)} impl(s)\n")
+        self.depth += 1
+
+    def after(self, outcome: Any, hook_name: str, hook_impls: Any, kwargs: Mapping[str, Any]) -> None:
+        self.depth -= 1
+
+
+def enable_tracing(pm: PluginManager, write: Callable[[str], Any] | None = None) -> Callable[[], None]:
+    """Write one short line per hook call through ``write`` (stderr by default): the hook, each
+    argument summarised by :func:`describe_value` (no tensor data, no whole-run dumps) and how
+    many implementations it reaches. Returns the function that stops tracing."""
+    tracer = _CallTracer(write or sys.stderr.write)
+    return pm.add_hookcall_monitoring(tracer.before, tracer.after)
 
 
 def create_plugin_manager(
@@ -229,12 +304,14 @@ def create_plugin_manager(
     plugins_dir: str | Path | None = None,
     trace: bool | None = None,
     env: Mapping[str, str] | None = None,
+    lenient: bool = False,
 ) -> PluginManager:
     """Build the manager for one run or command.
 
     ``plugins`` are registered first (objects or ``(name, object)`` pairs), then the entry-point
-    group ``evoens`` and the ``plugins_dir``. A required plugin that is blocked or missing, or a
-    plugin that violates the contract, raises :class:`PluginError`.
+    group ``evoens`` and the ``plugins_dir``. A required plugin that is blocked or missing, a
+    ``disable`` name that no plugin has, or a plugin that violates the contract (unless
+    ``lenient``: then it is listed in ``pm.failures``) raises :class:`PluginError`.
     """
     env = os.environ if env is None else env
     pm = PluginManager()
@@ -246,9 +323,13 @@ def create_plugin_manager(
         name, plugin = item if isinstance(item, tuple) else (None, item)
         pm.register(plugin, name)
     if entry_points:
-        _load_entry_points(pm, blocked, required)
+        _load_entry_points(pm, blocked, required, lenient)
     if plugins_dir is not None:
-        _load_plugins_dir(pm, Path(plugins_dir), blocked, required)
+        _load_plugins_dir(pm, Path(plugins_dir), blocked, required, lenient)
+    known = set(pm.infos) | {f.name for f in pm.failures}
+    known |= {ep.name for ep in _entry_points()} if entry_points else set()
+    known |= {p.stem for p in Path(plugins_dir).glob("*.py")} if plugins_dir is not None else set()
+    _check_disabled(disable, known)
     missing = sorted(n for n in required if not pm.has_plugin(n) or pm.is_blocked(n))
     if missing:
         raise PluginError(f"required plugin(s) not available: {', '.join(missing)}; see `evoens plugins`")

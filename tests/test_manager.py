@@ -143,3 +143,76 @@ def test_plugins_dir_files_are_plugins(tmp_path: Path) -> None:
     pm = create_plugin_manager(plugins_dir=tmp_path, entry_points=False, env={})
     assert pm.has_plugin("local_one")
     assert pm.registry.get("fitness", "always_one").plugin == "local_one"
+
+
+EXITS = "import sys\n\nsys.exit(3)\n"
+
+
+def test_disabling_an_unknown_plugin_is_an_error_listing_the_known_ones() -> None:
+    with pytest.raises(PluginError) as err:
+        create_plugin_manager(disable=["no:reporter"], env={})
+    message = _one_line(str(err.value))
+    assert message.startswith("-p no:reporter: there is no plugin named 'reporter' (did you mean 'reporters'?)")
+    assert "known: " in message and "core" in message and "searchers" in message
+
+
+def test_a_plugin_calling_sys_exit_at_import_is_reported_and_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _install(tmp_path, monkeypatch, "demo_exits", EXITS)
+    pm = create_plugin_manager(env={})
+    assert not pm.has_plugin("demo_exits") and pm.has_plugin("core")
+    [row] = [r for r in describe_plugins(pm) if r["name"] == "demo_exits"]
+    assert row["error"] == "SystemExit(3) at import"
+
+
+def test_import_failure_keeps_its_traceback_for_debug(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _install(tmp_path, monkeypatch, "demo_boom", RAISES)
+    with caplog.at_level(logging.INFO, logger="evoens"):
+        create_plugin_manager(env={})
+    [record] = [r for r in caplog.records if r.getMessage().startswith("traceback of plugin 'demo_boom'")]
+    assert "Traceback (most recent call last)" in record.getMessage() and "boom at import" in record.getMessage()
+
+
+def test_lenient_listing_shows_a_plugin_with_a_bad_hook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _install(tmp_path, monkeypatch, "demo_typo", MISSPELLED)
+    pm = create_plugin_manager(env={}, lenient=True)
+    rows = {r["name"]: r for r in describe_plugins(pm)}
+    assert rows["demo_typo"]["error"] == "unknown hook 'evoens_after_tel'; did you mean 'evoens_after_tell'?"
+    assert rows["demo_typo"]["version"] == "1.2.3" and rows["core"]["error"] is None
+    with pytest.raises(PluginError):  # a run still refuses it
+        create_plugin_manager(env={})
+
+
+def test_plugins_dir_files_are_listed_as_local(tmp_path: Path) -> None:
+    (tmp_path / "local_one.py").write_text(GOOD)
+    pm = create_plugin_manager(plugins_dir=tmp_path, entry_points=False, env={})
+    [row] = [r for r in describe_plugins(pm) if r["name"] == "local_one"]
+    assert row["distribution"] == str(tmp_path / "local_one.py") and row["version"] == "local"
+
+
+def test_trace_is_one_short_line_per_call_without_tensor_data(tmp_path: Path) -> None:
+    from evoens.manager import enable_tracing
+    from evoens.testing import run_inline, tiny_config
+
+    pm_lines: list[str] = []
+    stop: list[Any] = []
+
+    class Start:
+        @hookimpl(tryfirst=True)
+        def evoens_run_start(self, run: Any) -> None:
+            stop.append(enable_tracing(run.pm, pm_lines.append))
+
+    run_inline(tiny_config(generations=2), tmp_path / "traced", Start())
+    stop[0]()
+    lines = "".join(pm_lines).splitlines()
+    assert len(lines) == len(pm_lines)  # each write is exactly one line
+    evaluate = [line for line in lines if line.lstrip().startswith("evoens_evaluate(")]
+    assert len(evaluate) == 2
+    assert "run=Run(" in evaluate[0] and "traced)" in evaluate[0]
+    assert "batch=(Tensor[128, 64] float32 cpu, Tensor[128] int64 cpu)" in evaluate[0]
+    assert sum(line.lstrip().startswith("evoens_report(") for line in lines) == 2
+    assert max(len(line) for line in lines) < 400
+    assert "tensor(" not in "".join(lines) and "RunConfig(" not in "".join(lines)

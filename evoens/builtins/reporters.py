@@ -1,6 +1,7 @@
 """Reporters: where per-generation statistics go. Each is a ``reporter`` provider chosen by the
-config's ``reporters`` list; a progress bar joins them when stderr is a terminal. A reporter
-that raises is named in a warning, switched off, and the run goes on."""
+config's ``reporters`` list; a progress bar joins them when stderr is a terminal, and a line
+every ``progress_seconds`` (the ``log`` reporter) when it is not (a batch job, a CI log). A
+reporter that raises is named in a warning, switched off, and the run goes on."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import logging
 import math
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,20 +46,25 @@ class JsonlReporter:
     def report(self, generation: int, stats: dict[str, Any]) -> None:
         row = {"generation": generation, **_scalars(stats)}
         finite = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
-        with self.path.open("a") as f:  # opened per line: a crash never leaks or truncates the file
-            f.write(json.dumps(finite) + "\n")
+        line = (json.dumps(finite) + "\n").encode()
+        # one unbuffered write of the whole line: a crash leaves whole lines (or, at worst during the
+        # write itself, a torn tail that the next resume drops), never a line split across writes
+        with self.path.open("ab", buffering=0) as f:
+            f.write(line)
 
     def close(self) -> None:
         pass
 
 
 class TensorBoardReporter:
-    """tensorboardX event files under ``DIR/tb``: one scalar per statistic and generation."""
+    """tensorboardX event files under ``DIR/tb``: one scalar per statistic and generation. A
+    resumed run purges the steps from its checkpoint on (written before a crash or ``kill -9``),
+    so every step is in the events exactly once."""
 
-    def __init__(self, out_dir: Path) -> None:
+    def __init__(self, out_dir: Path, resume_at: int = 0) -> None:
         from tensorboardX import SummaryWriter
 
-        self.writer = SummaryWriter(str(out_dir / "tb"))
+        self.writer = SummaryWriter(str(out_dir / "tb"), purge_step=resume_at or None)
 
     def report(self, generation: int, stats: dict[str, Any]) -> None:
         for key, value in _scalars(stats).items():
@@ -68,16 +75,21 @@ class TensorBoardReporter:
 
 
 class PlotReporter:
-    """``DIR/fitness.png``: best, mean and median fitness (and test accuracy) per generation."""
+    """``DIR/fitness.png``: the best fitness per generation over a band from the worst to the best
+    member (the median inside it), and validation/test accuracy at the evaluation points on a
+    second axis; titled with the config's name, trainer (or searcher) and population size."""
 
-    CURVES = ("best_fitness", "mean_fitness", "median_fitness")
-
-    def __init__(self, out_dir: Path) -> None:
+    def __init__(self, out_dir: Path, title: str = "") -> None:
         self.path = out_dir / "fitness.png"
+        self.title = title
         self.history: list[tuple[int, dict[str, float]]] = []
 
     def report(self, generation: int, stats: dict[str, Any]) -> None:
         self.history.append((generation, _scalars(stats)))
+
+    def _series(self, key: str) -> tuple[list[int], list[float]]:
+        points = [(g, s[key]) for g, s in self.history if key in s and math.isfinite(s[key])]
+        return [g for g, _ in points], [v for _, v in points]
 
     def close(self) -> None:
         if not self.history:
@@ -86,20 +98,85 @@ class PlotReporter:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
 
-        fig, (ax, acc) = plt.subplots(1, 2, figsize=(10, 4))
-        for key in self.CURVES:
-            ax.plot([g for g, s in self.history if key in s], [s[key] for _, s in self.history if key in s], label=key)
-        tested = [(g, s["test_accuracy"]) for g, s in self.history if "test_accuracy" in s]
-        if tested:
-            acc.plot(*zip(*tested), marker="o", label="test accuracy")
-            acc.legend()
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        band = [
+            (g, s["worst_fitness"], s["best_fitness"])
+            for g, s in self.history
+            if math.isfinite(s.get("worst_fitness", math.nan)) and math.isfinite(s.get("best_fitness", math.nan))
+        ]
+        if band:
+            gens, low, high = zip(*band)
+            ax.fill_between(gens, low, high, color="tab:blue", alpha=0.2, linewidth=0, label="worst..best member")
+        ax.plot(*self._series("median_fitness"), color="tab:blue", linewidth=0.8, alpha=0.6, label="median")
+        ax.plot(*self._series("best_fitness"), color="tab:blue", linewidth=1.8, label="best fitness")
         ax.set(xlabel="generation", ylabel="fitness")
-        acc.set(xlabel="generation", ylabel="accuracy")
-        ax.legend()
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        handles, labels = ax.get_legend_handles_labels()
+        evaluated = [(key, self._series(key)) for key in ("val_accuracy", "test_accuracy")]
+        if any(gens for _, (gens, _) in evaluated):
+            acc = ax.twinx()
+            for (key, (gens, values)), color in zip(evaluated, ("tab:orange", "tab:green")):
+                if gens:
+                    acc.plot(gens, values, marker="o", color=color, label=key.replace("_", " "))
+            measured = [v for _, (_, values) in evaluated for v in values]
+            acc.set_ylim(max(0.0, min(measured) - 0.02), min(1.0, max(measured) + 0.02))
+            acc.set_ylabel("accuracy")
+            more_handles, more_labels = acc.get_legend_handles_labels()
+            handles, labels = handles + more_handles, labels + more_labels
+        ax.legend(handles, labels, loc="lower right", fontsize="small")
+        if self.title:
+            ax.set_title(self.title)
         fig.tight_layout()
         fig.savefig(self.path, dpi=100)
         plt.close(fig)
+
+
+def plot_title(run: Run) -> str:
+    """``quickstart: evolution/pgpe, popsize 128`` (the searcher only for the evolution trainer)."""
+    trainer = run.config.trainer
+    how = f"{trainer.name}/{trainer.searcher}" if trainer.name == "evolution" else trainer.name
+    return f"{run.out_dir.name}: {how}, popsize {trainer.popsize}"
+
+
+class LogReporter:
+    """One line on stderr every ``every`` seconds (the first after the first generation):
+    generation, best fitness, generations per second and the estimated time left. For runs whose
+    stderr is not a terminal (batch jobs, CI logs), where a progress bar would be noise."""
+
+    def __init__(self, total: int, initial: int, every: float, name: str = "") -> None:
+        self.total, self.initial, self.every, self.name = total, initial, every, name
+        self.started = time.monotonic()
+        self.last: float | None = None
+
+    def report(self, generation: int, stats: dict[str, Any]) -> None:
+        now = time.monotonic()
+        if self.last is not None and now - self.last < self.every:
+            return
+        self.last = now
+        done = generation + 1
+        rate = (done - self.initial) / max(now - self.started, 1e-9)
+        eta = (self.total - done) / rate if rate > 0 else math.inf
+        best = _scalars(stats).get("best_fitness", math.nan)
+        where = f" {self.name}" if self.name else ""
+        print(
+            f"evoens{where}: generation {done}/{self.total}  best_fitness {best:.4g}  "
+            f"{rate:.3g} gen/s  ETA {_duration(eta)}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def close(self) -> None:
+        pass
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 class ProgressReporter:
@@ -129,22 +206,41 @@ def evoens_register_providers() -> Iterator[Provider]:
         "DIR/metrics.jsonl, a line per generation",
     )
     yield Provider(
-        "reporter", "tensorboard", lambda run: TensorBoardReporter(run.out_dir), "tensorboardX events in DIR/tb"
+        "reporter",
+        "tensorboard",
+        lambda run: TensorBoardReporter(run.out_dir, run.generation),
+        "tensorboardX events in DIR/tb",
     )
-    yield Provider("reporter", "plot", lambda run: PlotReporter(run.out_dir), "DIR/fitness.png, written at the end")
+    yield Provider(
+        "reporter",
+        "plot",
+        lambda run: PlotReporter(run.out_dir, plot_title(run)),
+        "DIR/fitness.png, written at the end",
+    )
     yield Provider(
         "reporter",
         "progress",
         lambda run: ProgressReporter(run.config.generations, run.generation),
         "a progress bar on stderr",
     )
+    yield Provider(
+        "reporter",
+        "log",
+        lambda run: LogReporter(
+            run.config.generations, run.generation, run.config.progress_seconds or 30.0, run.out_dir.name
+        ),
+        "a progress line on stderr every progress_seconds (default 30 s)",
+    )
 
 
 @hookimpl
 def evoens_run_start(run: Run) -> None:
     names = list(run.config.reporters)
-    if sys.stderr.isatty() and "progress" not in names:
-        names.append("progress")
+    if sys.stderr.isatty():
+        if "progress" not in names:
+            names.append("progress")
+    elif run.config.progress_seconds and "log" not in names:
+        names.append("log")
     active: dict[str, Reporter] = {}
     run.stash[ACTIVE] = active  # filled one by one: run_end closes whatever was opened
     for name in names:
