@@ -55,6 +55,7 @@ setup(
             "searchers = evoens.builtins.searchers",
             "reporters = evoens.builtins.reporters",
             "checkpoint = evoens.builtins.checkpointing",
+            "watchdog = evoens.builtins.watchdog",
             "loop = evoens.engine",
             "binary = evoens_binary.hooks",
             "morph = evoens_morph.hooks",

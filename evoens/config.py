@@ -13,8 +13,8 @@ A run config is a TOML document whose tables mirror the dataclasses below::
     alpha = 0.5
 
 Validation is generic: one walker reads each dataclass's fields, their type hints and the
-constraints in their metadata (``ge``/``gt``/``le``/``lt`` bounds, ``choices`` and a one-line
-``help``), so adding a knob is one line. Every error is a one-line :class:`ConfigError` naming the
+constraints in their metadata (``ge``/``gt``/``le``/``lt`` bounds, ``finite``, ``choices`` and a
+one-line ``help``), so adding a knob is one line. Every error is a one-line :class:`ConfigError` naming the
 dotted key, the bad value and what is allowed, e.g.::
 
     unknown key 'trainer.popsze' (did you mean 'popsize'?); allowed keys in [trainer]: name, ...
@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import math
 import operator
 import sys
 import types
@@ -58,6 +59,7 @@ __all__ = [
     "PluginsConfig",
     "RunConfig",
     "TrainerConfig",
+    "WatchdogConfig",
     "config_from_dict",
     "config_to_dict",
     "dump_toml",
@@ -69,7 +71,7 @@ __all__ = [
 
 
 def _opt(default: Any, help: str, **constraints: Any) -> Any:
-    """A dataclass field: its default, a one-line help text and constraints (ge/gt/le/lt, choices)."""
+    """A dataclass field: its default, a one-line help text and constraints (ge/gt/le/lt, finite, choices)."""
     meta = {"help": help, **constraints}
     if isinstance(default, type):  # a nested section
         return field(default_factory=default, metadata=meta)
@@ -115,8 +117,8 @@ class TrainerConfig:
     fitness: str = _opt("neg_cross_entropy", "fitness evaluator name")
     searcher_options: dict[str, Any] = _opt({}, "keyword arguments for the searcher")
     optimizer: str = _opt("adam", "torch optimizer of gradient-trained populations: an 'optimizer' provider")
-    lr: float = _opt(0.01, "learning rate of that optimizer", gt=0)
-    weight_decay: float = _opt(0.0, "weight decay of that optimizer", ge=0)
+    lr: float = _opt(0.01, "learning rate of that optimizer", gt=0, finite=True)
+    weight_decay: float = _opt(0.0, "weight decay of that optimizer", ge=0, finite=True)
     num_actors: int | str = _opt(
         0,
         "parallel (Ray) actors: 0 = in-process, N, or max/num_cpus/num_gpus/num_devices",
@@ -145,6 +147,15 @@ class CheckpointConfig:
 
 
 @dataclass
+class WatchdogConfig:
+    """When a run whose fitness is no longer finite is stopped as diverged (evoens.builtins.watchdog)."""
+
+    diverge_after: int = _opt(
+        3, "stop as 'diverged' after N generations in a row without a finite fitness; 0 = never", ge=0
+    )
+
+
+@dataclass
 class RunConfig:
     """A whole run: the top level of a config file."""
 
@@ -162,6 +173,7 @@ class RunConfig:
     trainer: TrainerConfig = _opt(TrainerConfig, "the search / training")
     plugins: PluginsConfig = _opt(PluginsConfig, "plugin selection")
     checkpoint: CheckpointConfig = _opt(CheckpointConfig, "checkpointing")
+    watchdog: WatchdogConfig = _opt(WatchdogConfig, "divergence watch")
     extra: dict[str, Any] = _opt({}, "free-form tables for third-party plugins: [extra.NAME]")
 
 
@@ -207,7 +219,7 @@ def parse_options(cls: type[_T], table: Mapping[str, Any], key: str) -> _T:
 
 def option(default: Any, help: str, **constraints: Any) -> Any:
     """A field of a provider's options dataclass: default, one-line help, constraints
-    (``ge``/``gt``/``le``/``lt`` bounds, ``choices``), as in the run config's own sections."""
+    (``ge``/``gt``/``le``/``lt`` bounds, ``finite``, ``choices``), as in the run config's own sections."""
     return _opt(default, help, **constraints)
 
 
@@ -256,7 +268,8 @@ def _check(value: Any, path: str, meta: Mapping[str, Any], others: Sequence[Any]
         )
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
     # written as `not op(...)` so that NaN fails every bound
-    if is_number and any(not op(value, meta[k]) for k, op in _BOUNDS.items() if k in meta):
+    bad = is_number and any(not op(value, meta[k]) for k, op in _BOUNDS.items() if k in meta)
+    if bad or (is_number and meta.get("finite") and not math.isfinite(value)):
         raise ConfigError(f"{path} = {_show(value)}: must be {_range_text(meta)}")
     return value
 
@@ -294,13 +307,17 @@ def _describe(tp: Any) -> str:
 
 
 def _range_text(meta: Mapping[str, Any]) -> str:
-    """'>= 0', '> 0', 'in [0, 0.9)', ... or '' when the field has no bounds."""
+    """'>= 0', '> 0', 'in [0, 0.9)', '> 0 and finite', ... or '' when the field has no bounds."""
     lo = next(((k, meta[k]) for k in ("ge", "gt") if k in meta), None)
     hi = next(((k, meta[k]) for k in ("le", "lt") if k in meta), None)
-    if lo and hi:
-        return f"in {'[' if lo[0] == 'ge' else '('}{lo[1]}, {hi[1]}{']' if hi[0] == 'le' else ')'}"
     symbols = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
-    return " ".join(f"{symbols[b[0]]} {b[1]}" for b in (lo, hi) if b)
+    if lo and hi:
+        bounds = f"in {'[' if lo[0] == 'ge' else '('}{lo[1]}, {hi[1]}{']' if hi[0] == 'le' else ')'}"
+    else:
+        bounds = " ".join(f"{symbols[b[0]]} {b[1]}" for b in (lo, hi) if b)
+    if meta.get("finite"):
+        return f"{bounds} and finite" if bounds else "finite"
+    return bounds
 
 
 def _unknown_key(cls: type, key: str, prefix: str) -> str:

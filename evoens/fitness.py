@@ -67,18 +67,32 @@ FITNESS: dict[str, tuple[FitnessFn, str]] = {
 
 def sanitize(fitness: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Replace NaN/inf fitness by the worst finite value (so a broken individual never wins and
-    never poisons ranking); returns ``(clean (P,), number replaced ())`` without a host sync."""
+    never poisons ranking); returns ``(clean (P,), number replaced ())`` without a host sync.
+
+    When no value is finite they all become ``-inf``: a tie for every rank-based searcher, and
+    never a best value (0 would be the best possible minus cross-entropy)."""
     finite = torch.isfinite(fitness)  # (P,)
-    floor = torch.where(finite, fitness, torch.full_like(fitness, float("inf"))).min()
-    worst = torch.where(torch.isfinite(floor), floor, torch.zeros_like(floor))  # all bad -> 0
+    worst = torch.where(finite, fitness, torch.full_like(fitness, float("inf"))).min()  # () +inf: none finite
+    worst = torch.where(torch.isfinite(worst), worst, torch.full_like(worst, float("-inf")))
     return torch.where(finite, fitness, worst), (~finite).sum()
 
 
 def fitness_stats(fitness: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Best/mean/median/worst of a ``(P,)`` fitness vector, kept on its device."""
+    """Best/mean/median/worst of the finite values of a ``(P,)`` fitness vector, kept on its
+    device (no host sync); all ``-inf`` when none is finite. The median is the lower one, as
+    ``torch.median``'s."""
+    finite = torch.isfinite(fitness)  # (P,)
+    count = finite.sum()  # ()
+    low = torch.full_like(fitness, float("-inf"))
+    kept = torch.where(finite, fitness, low)  # (P,) non-finite ones last in descending order
+    ordered = kept.sort(descending=True).values  # (P,)
+    # the lower median of the k finite values is the (k-1)//2-th smallest: index k-1-(k-1)//2 descending
+    middle = (count - 1 - torch.div(count - 1, 2, rounding_mode="floor")).clamp(min=0)  # ()
+    none = count == 0
+    mean = torch.where(finite, fitness, torch.zeros_like(fitness)).sum() / count.clamp(min=1)  # ()
     return {
-        "best_fitness": fitness.max(),
-        "mean_fitness": fitness.mean(),
-        "median_fitness": fitness.median(),
-        "worst_fitness": fitness.min(),
+        "best_fitness": ordered[0],
+        "mean_fitness": torch.where(none, low[0], mean),
+        "median_fitness": ordered.gather(0, middle.view(1))[0],
+        "worst_fitness": torch.where(none, low[0], torch.where(finite, fitness, -low).min()),
     }

@@ -9,5 +9,6 @@ CORE_PLUGINS: dict[str, str] = {
     "searchers": "evoens.builtins.searchers",
     "reporters": "evoens.builtins.reporters",
     "checkpoint": "evoens.builtins.checkpointing",
+    "watchdog": "evoens.builtins.watchdog",
     "loop": "evoens.engine",
 }

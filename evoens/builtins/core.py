@@ -15,7 +15,8 @@ from evoens.config import ConfigError, DataConfig, ModelConfig, option
 from evoens.datasets import DATASETS, DataSplits, load_dataset
 from evoens.evolution import EvolutionTrainer, build_evolution
 from evoens.fitness import FITNESS
-from evoens.gradient import OPTIMIZERS, GradientOptions, GradientTrainer, build_estimator, build_gradient
+from evoens.gradient import AUTOGRAD, OPTIMIZERS, GradientOptions, GradientTrainer, build_estimator, build_gradient
+from evoens.memory import check_population_fits, optimizer_states
 from evoens.models import ACTIVATIONS, convnet, mlp
 from evoens.run import Run, RunContext, candidate_accuracies
 from evoens.strategies import STRATEGIES
@@ -26,6 +27,7 @@ _OWN_STRATEGIES, _OWN_ACTIVATIONS, _OWN_OPTIMIZERS = dict(STRATEGIES), dict(ACTI
 
 def evolution_trainer(run: RunContext, options: None) -> EvolutionTrainer:
     cfg = run.config.trainer
+    check_population_fits(cfg.popsize, run.template, run.device, {"solutions": 1, "their samples": 1})
     return build_evolution(
         run.template,
         run.fitness_fn,
@@ -43,6 +45,9 @@ def evolution_trainer(run: RunContext, options: None) -> EvolutionTrainer:
 
 def gradient_trainer(run: RunContext, options: GradientOptions) -> GradientTrainer:
     cfg = run.config.trainer
+    estimates = {"estimates": int(options.grad_estimator != AUTOGRAD)}
+    copies = {"weights": 1, "gradients": 1, "optimizer states": optimizer_states(cfg.optimizer), **estimates}
+    check_population_fits(cfg.popsize, run.template, run.device, copies)
     return build_gradient(
         run.template,
         run.batcher,
