@@ -319,14 +319,16 @@ def create_plugin_manager(
     required = set(require)
     for name in blocked:
         pm.set_blocked(name)
+    given = set()  # names of the plugins passed in, blocked ones included
     for item in plugins:
         name, plugin = item if isinstance(item, tuple) else (None, item)
+        given.add(name or pm.get_canonical_name(plugin))
         pm.register(plugin, name)
     if entry_points:
         _load_entry_points(pm, blocked, required, lenient)
     if plugins_dir is not None:
         _load_plugins_dir(pm, Path(plugins_dir), blocked, required, lenient)
-    known = set(pm.infos) | {f.name for f in pm.failures}
+    known = set(pm.infos) | {f.name for f in pm.failures} | given
     known |= {ep.name for ep in _entry_points()} if entry_points else set()
     known |= {p.stem for p in Path(plugins_dir).glob("*.py")} if plugins_dir is not None else set()
     _check_disabled(disable, known)

@@ -36,8 +36,7 @@ def make_plugin_manager(
 ) -> PluginManager:
     """A fresh manager: the built-ins (unless ``builtins=False``), then ``plugins`` (objects or
     ``(name, object)`` pairs). Installed entry points are ignored unless ``entry_points=True``."""
-    blocked = set(disable)
-    own = [(n, m) for n, m in core_plugins() if n not in blocked] if builtins and not entry_points else []
+    own = core_plugins() if builtins and not entry_points else []  # blocked ones are skipped by name
     return create_plugin_manager(
         plugins=[*own, *plugins], disable=disable, entry_points=entry_points, trace=trace, env={}
     )
