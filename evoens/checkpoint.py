@@ -3,8 +3,9 @@
 A checkpoint is a plain nested dict of tensors and Python scalars (so it loads with
 ``torch.load(weights_only=True)``): the generation counter, the loop's best fitness, the
 trainer's state, the batcher's cursor and every RNG. Files are written atomically (temp file +
-rename) as ``DIR/checkpoints/gen-000123.pt``; a corrupted newest file is reported and the
-previous one is used.
+rename) as ``DIR/checkpoints/gen-000123.pt``. Each one carries a sha256 over its tensors' bytes
+and its other values, in a fixed order (``"checksum"``), verified on load: a file that cannot be
+read, fails its checksum or lacks an entry is reported and the previous one is used.
 
 EvoTorch searchers have no state_dict, so :func:`object_state` walks their attributes (and
 their distribution's, optimizer's and population's) and :func:`restore_object` writes the
@@ -13,9 +14,11 @@ values back into a freshly built searcher of the same configuration.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,9 @@ from evoens import _evotorch_compat as compat
 from evoens.errors import UserError
 
 log = logging.getLogger("evoens")
-FORMAT = 1
+FORMAT = 2
+LEGACY = (1,)  # formats still read (no checksum)
+REQUIRED = ("generation", "best_fitness", "trainer", "batcher", "rng")
 SKIP = {"problem", "template", "fitness_fn", "evaluate_phases", *compat.SKIP_ATTRIBS}
 """Attributes never walked: evoens's own links and callables, and EvoTorch's (see the compat module)."""
 
@@ -136,14 +141,41 @@ def checkpoint_dir(run_dir: Path) -> Path:
     return run_dir / "checkpoints"
 
 
+def checksum(state: dict[str, Any]) -> str:
+    """sha256 over every tensor's dtype, shape and bytes and every other value's repr, in the order
+    of sorted keys (the ``"checksum"`` entry itself left out)."""
+    digest = hashlib.sha256()
+    _feed(digest, "", {k: v for k, v in state.items() if k != "checksum"})
+    return digest.hexdigest()
+
+
+def _feed(digest: Any, path: str, value: Any) -> None:
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().as_subclass(torch.Tensor).cpu().contiguous()
+        digest.update(f"{path}:{tensor.dtype}:{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, dict):
+        digest.update(f"{path}:dict:{len(value)}\n".encode())
+        for key in sorted(value, key=repr):
+            _feed(digest, f"{path}/{key!r}", value[key])
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"{path}:{type(value).__name__}:{len(value)}\n".encode())
+        for index, item in enumerate(value):
+            _feed(digest, f"{path}/{index}", item)
+    else:
+        digest.update(f"{path}={type(value).__name__}:{value!r}\n".encode())
+
+
 def save(run_dir: Path, generation: int, state: dict[str, Any], keep: int) -> Path:
     """Write ``state`` atomically as the checkpoint of ``generation``; keep the newest ``keep``."""
     folder = checkpoint_dir(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"gen-{generation:06d}.pt"
     tmp = folder / f".{path.name}.{os.getpid()}.tmp"
+    payload = {"format": FORMAT, **state}
+    payload["checksum"] = checksum(payload)
     try:
-        torch.save({"format": FORMAT, **state}, tmp)
+        torch.save(payload, tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)  # a half-written file is no checkpoint; the previous ones stay
@@ -158,19 +190,30 @@ def load(path: Path) -> dict[str, Any]:
         state = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:
         raise CheckpointError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if not isinstance(state, dict) or state.get("format") not in (FORMAT, *LEGACY):
         raise CheckpointError(f"checkpoint {path} is not an evoens checkpoint of format {FORMAT}")
+    missing = [key for key in (*REQUIRED, *(("checksum",) if state["format"] == FORMAT else ())) if key not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(map(repr, missing))}")
+    if state["format"] == FORMAT and checksum(state) != state["checksum"]:
+        raise CheckpointError(f"checkpoint {path} fails its checksum (its contents changed after it was written)")
     return state
 
 
-def load_latest(run_dir: Path) -> tuple[Path, dict[str, Any]]:
-    """The newest readable checkpoint; a corrupted newer one is reported and skipped."""
-    paths = sorted(checkpoint_dir(run_dir).glob("gen-*.pt"), reverse=True)
+def load_latest(
+    run_dir: Path, check: Callable[[Path, dict[str, Any]], None] | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """The newest usable checkpoint: one that is unreadable, fails its checksum, lacks an entry, or
+    that ``check`` rejects with a :class:`CheckpointError`, is reported and the previous one tried."""
+    paths = sorted((p for p in checkpoint_dir(run_dir).glob("gen-*.pt") if p.is_file()), reverse=True)
     if not paths:
         raise CheckpointError(f"{run_dir} has no checkpoints (expected {checkpoint_dir(run_dir)}/gen-*.pt)")
     for path in paths:
         try:
-            return path, load(path)
+            state = load(path)
+            if check is not None:
+                check(path, state)
+            return path, state
         except CheckpointError as exc:
             log.warning("%s; trying the previous checkpoint", str(exc).replace("\n", " "))
-    raise CheckpointError(f"every checkpoint in {checkpoint_dir(run_dir)} is unreadable; the run must start over")
+    raise CheckpointError(f"no checkpoint in {checkpoint_dir(run_dir)} is usable; the run must start over")

@@ -4,7 +4,9 @@ User errors (a bad config, missing data, an unknown provider, a broken plugin) p
 ``evoens: error: ...`` and exit with code 2; a run that cannot go on for an outside reason (a
 checkpoint that cannot be written) prints one line too and exits with code 1; tracebacks only
 with ``--debug``. A run stopped by SIGINT (Ctrl-C) exits with 130, by SIGTERM with 143 (the
-shells' 128 + signal number), after a line saying how to resume it.
+shells' 128 + signal number), after a line saying how to resume it. A run directory that holds a
+run already (use ``--overwrite`` to move it aside) or is in use by another process is a user error;
+``resume`` of a run that already reached ``generations`` says there is nothing to do and exits 0.
 """
 
 from __future__ import annotations

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from evoens import hookimpl
-from evoens.checkpoint import load_latest
+from evoens import hookimpl, rundir
+from evoens.checkpoint import CheckpointError, load_latest
 from evoens.config import RunConfig, dump_toml, load_config
 from evoens.errors import PluginError, RunError, UserError
 from evoens.manager import PluginManager
@@ -108,25 +109,113 @@ def _finish(run: Run, summary: dict[str, Any]) -> None:
         remove_entries(run.stash.get(ADDED, []))
 
 
-def execute(config: RunConfig, out_dir: str | Path, pm: PluginManager) -> dict[str, Any]:
-    """Run ``config`` into ``out_dir`` and return the summary (also ``out_dir/summary.json``)."""
+def execute(config: RunConfig, out_dir: str | Path, pm: PluginManager, *, overwrite: bool = False) -> dict[str, Any]:
+    """Run ``config`` into ``out_dir`` and return the summary (also ``out_dir/summary.json``).
+
+    A directory that holds a run already is refused (:class:`~evoens.rundir.RunDirError`), or with
+    ``overwrite`` moved aside once the new run is built; nothing is created before the run is
+    built, so a start-up that fails leaves no directory behind."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    busy = rundir.holder(out)
+    if busy:
+        raise rundir.RunDirLocked(busy)
+    if not overwrite:
+        rundir.refuse_existing(out)
     pm.hook.evoens_configure.call_historic(kwargs={"config": config})
-    (out / "config.toml").write_text(dump_toml(config))
-    return _drive(build_run(config, out, pm))
+    run = build_run(config, out, pm)
+    try:
+        lock = rundir.claim(out, overwrite=overwrite)
+    except BaseException:
+        remove_entries(run.stash.get(ADDED, []))
+        raise
+    with lock:
+        try:
+            _write_atomic(out / "config.toml", dump_toml(config))
+        except BaseException:
+            remove_entries(run.stash.get(ADDED, []))
+            raise
+        return _drive(run)
 
 
 def resume(out_dir: str | Path, pm: PluginManager, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Continue the run in ``out_dir`` from its newest readable checkpoint."""
+    """Continue the run in ``out_dir`` from its newest usable checkpoint, holding its lock.
+
+    Overrides that change what the checkpoint fixes are refused; the others are recorded in
+    ``config.toml``. A run that already reached ``generations`` raises :class:`~evoens.rundir.NothingToDo`
+    and changes nothing."""
     out = Path(out_dir)
+    if not (out / "config.toml").is_file():
+        raise rundir.RunDirError(f"{out} is not a run directory: it has no config.toml (`evoens run CONFIG --out DIR`)")
+    recorded = load_config(out / "config.toml")
     config = load_config(out / "config.toml", overrides or [])
-    path, state = load_latest(out)
-    pm.hook.evoens_configure.call_historic(kwargs={"config": config})
-    run = build_run(config, out, pm)
-    restore_run(run, state)
-    log.info("resuming %s at generation %d from %s", out, run.generation, path.name)
-    return _drive(run)
+    rundir.check_resume_overrides(recorded, config)
+    with rundir.RunLock.acquire(out, "resume"):
+        _nothing_to_do_by_summary(out, config)
+        if not rundir.checkpoint_files(out):
+            raise CheckpointError(f"{out} has no checkpoints (expected {out / 'checkpoints'}/gen-*.pt)")
+        pm.hook.evoens_configure.call_historic(kwargs={"config": config})
+        run = build_run(config, out, pm)
+        try:
+            path = _restore_latest(run)
+        except BaseException:
+            remove_entries(run.stash.get(ADDED, []))
+            raise
+        if config != recorded:  # honoured, and kept for a later plain `evoens resume`
+            _write_atomic(out / "config.toml", dump_toml(config))
+        log.info("resuming %s at generation %d from %s", out, run.generation, path.name)
+        return _drive(run)
+
+
+def _nothing_to_do_by_summary(out: Path, config: RunConfig) -> None:
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        return
+    done = summary.get("generations") if isinstance(summary, dict) else None
+    if summary.get("status") == "finished" and isinstance(done, int) and done >= config.generations:
+        raise rundir.NothingToDo(
+            f"nothing to do: {out} finished at generation {done} and generations = {config.generations}; "
+            f"summary.json is unchanged (extend it with `evoens resume {out} --set generations=N`, N > {done})"
+        )
+
+
+def _restore_latest(run: Run) -> Path:
+    """Restore the newest checkpoint that fits; a mismatch with the config is one line."""
+    fresh = run.trainer.state_dict()
+
+    def check(path: Path, state: dict[str, Any]) -> None:
+        if isinstance(state.get("config"), dict):
+            rundir.check_checkpoint_matches(path, state["config"], run.config)
+        if isinstance(fresh, dict) and isinstance(state["trainer"], dict):
+            missing = [k for k in fresh if k not in state["trainer"]]
+            if missing:
+                raise CheckpointError(f"checkpoint {path} lacks the trainer's {', '.join(map(repr, missing))}")
+        if state["generation"] >= run.config.generations:
+            raise rundir.NothingToDo(
+                f"nothing to do: the newest checkpoint of {run.out_dir} is at generation {state['generation']}, "
+                f"at or past generations = {run.config.generations}; summary.json is unchanged (extend it "
+                f"with `evoens resume {run.out_dir} --set generations=N`, N > {state['generation']})"
+            )
+
+    path, state = load_latest(run.out_dir, check)
+    try:
+        restore_run(run, state)
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit the run built from {run.out_dir / 'config.toml'}: "
+            f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        ) from exc
+    return path
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _drive(run: Run) -> dict[str, Any]:

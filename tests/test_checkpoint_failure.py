@@ -19,6 +19,7 @@ seed = 2
 generations = 5
 eval_every = 5
 reporters = ["jsonl"]
+progress_seconds = 0
 [data]
 name = "digits"
 batch_size = 100

@@ -23,6 +23,7 @@ seed = 3
 generations = 6
 eval_every = 2
 reporters = ["jsonl"]
+progress_seconds = 0
 [data]
 name = "digits"
 batch_size = 200
@@ -104,7 +105,8 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(
 def test_sigterm_checkpoints_stops_and_resumes_exactly(tmp_path: Path, reference: dict[str, Any]) -> None:
     config, plugins = _setup(tmp_path, "evolution")
     out = tmp_path / "stopped"
-    assert _run_killed(config, plugins, out, "after_ask", 3, "SIGTERM") == 0
+    assert _run_killed(config, plugins, out, "after_ask", 3, "SIGTERM") == 143  # 128 + SIGTERM
+    assert not (out / ".evoens.lock").exists()  # released on this exit path too
     stopped = json.loads((out / "summary.json").read_text())
     assert stopped["status"] == "interrupted" and stopped["signal"] == "SIGTERM" and stopped["generations"] == 4
     assert main(["resume", str(out)]) == 0

@@ -1,5 +1,6 @@
 """The checkpoint plugin: at the end of a generation (``evoens_generation_end``, after its
-report) a checkpoint every ``checkpoint.every`` generations, and one when SIGINT or SIGTERM
+report) a checkpoint every ``checkpoint.every`` generations, one after the last generation (so
+``evoens resume DIR --set generations=N`` can extend a finished run), and one when SIGINT or SIGTERM
 arrives (after which the run stops cleanly, its summary saying ``"status": "interrupted"``);
 ``evoens resume DIR`` continues from the newest one. A checkpoint that cannot be written stops
 the run (:class:`~evoens.errors.RunError`, exit code 1) with the previous ones intact."""
@@ -15,6 +16,7 @@ from evoens import hookimpl
 from evoens.checkpoint import checkpoint_dir, save
 from evoens.errors import RunError
 from evoens.run import Run, run_state
+from evoens.rundir import frozen_settings
 from evoens.stash import StashKey
 
 log = logging.getLogger("evoens")
@@ -44,9 +46,11 @@ def evoens_generation_end(run: Run, generation: int) -> None:
     """Persist (not a report: a checkpoint that cannot be written stops the run)."""
     state = run.stash[STATE]
     every = run.config.checkpoint.every
-    if state["signal"] or (every and (generation + 1) % every == 0):
+    last = run.generation >= run.config.generations
+    if state["signal"] or last or (every and (generation + 1) % every == 0):
         try:
-            save(run.out_dir, run.generation, run_state(run), run.config.checkpoint.keep)
+            checkpoint = {**run_state(run), "config": frozen_settings(run.config)}
+            save(run.out_dir, run.generation, checkpoint, run.config.checkpoint.keep)
         except OSError as err:
             where = err.filename or checkpoint_dir(run.out_dir)
             raise RunError(
