@@ -66,6 +66,7 @@ def test_an_unwritable_checkpoint_fails_the_run_and_resume_continues(
     kept = sorted(p.name for p in (out / "checkpoints").glob("gen-*.pt") if p.is_file())
     assert kept == ["gen-000001.pt", "gen-000002.pt"]  # the previous ones intact
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.endswith(".tmp")]  # no debris
+    assert not (out / ".evoens.lock").exists()  # the run directory's lock is released on failure too
 
     (blocker / "keep").unlink()
     blocker.rmdir()  # the cause is fixed

@@ -189,6 +189,12 @@ def test_resume_of_a_finished_run_or_below_its_checkpoint_has_nothing_to_do(
         (line,) = capsys.readouterr().out.strip().splitlines()
         assert line.startswith(f"nothing to do: {out} finished at generation 3") and "summary.json is unchanged" in line
         assert _snapshot(out) == before
+    (out / "summary.json").unlink()  # as after kill -9: only the checkpoint says how far it got
+    before = _snapshot(out)
+    capsys.readouterr()
+    assert main(["resume", str(out), "--set", "generations=2"]) == 0
+    assert f"the newest checkpoint of {out} is at generation 3, at or past generations = 2" in capsys.readouterr().out
+    assert _snapshot(out) == before
 
 
 def test_overrides_that_apply_are_honoured_and_recorded(tmp_path: Path, reference: dict[str, Any]) -> None:
