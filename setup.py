@@ -47,6 +47,7 @@ setup(
     ],
     extras_require={
         "dev": ["pytest>=8", "tox>=4", "ruff", "setuptools>=68", "wheel"],
+        "viz": ["tensorboard"],
     },
     entry_points={
         "console_scripts": ["evoens = evoens.cli:main"],
