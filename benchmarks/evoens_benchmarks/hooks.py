@@ -26,6 +26,7 @@ SUITES: dict[str, str] = {
     "binary_estimators": "binarized toy MLPs: STE family / NES / CDG / STE-guided NES vs CDG (cosine, loss decrease)",
     "binary_mnist": "binarized MLP/CNN on MNIST: each STE (gradient) and PGPE/SNES (evolution); test accuracy",
     "morph": "function-preserving transforms: preservation table, grow-mid-training vs scratch on MNIST, NE",
+    "ensemble": "ensembles: sum vs mean loss, ensemble vs wide net, effective robustness, calibration, speed",
 }
 
 
