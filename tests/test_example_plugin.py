@@ -81,5 +81,6 @@ def test_p_no_disables_it(site: Path, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert not (out / "template_report.txt").exists()
     assert "template_plugin" not in json.loads((out / "summary.json").read_text())
-    refused = _evoens(site, "run", str(tmp_path / "run.toml"), "-p", "no:template", "--set", "trainer.fitness=margin")
+    refused = _evoens(site, "run", str(tmp_path / "run.toml"), "--out", str(tmp_path / "refused"), "-p", "no:template",
+                      "--set", "trainer.fitness=margin")  # fmt: skip
     assert refused.returncode == 2 and "unknown fitness 'margin'" in refused.stderr
