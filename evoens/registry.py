@@ -7,6 +7,7 @@ clear one-line error that lists the known names.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -69,10 +70,10 @@ class Registry:
         """Provider ``name``'s options from config ``table`` (at dotted ``key``): an instance of
         its options dataclass; a provider without one takes no options."""
         provider = self.get(kind, name)
-        if provider.options is None:
+        if provider.options is None or not dataclasses.fields(provider.options):
             if table:
                 raise ConfigError(f"{key}: {kind} '{name}' takes no options, got {', '.join(sorted(table))}")
-            return None
+            return None if provider.options is None else provider.options()
         return parse_options(provider.options, table, key)
 
     def create(self, kind: str, name: str, *args: Any, **kwargs: Any) -> Any:

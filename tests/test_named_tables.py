@@ -64,3 +64,8 @@ def test_a_plugin_adds_a_forward_strategy_and_an_activation(tmp_path: Path) -> N
     summary = run_inline(config, tmp_path, MyKinds())
     assert summary["status"] == "finished" and CountingLoop.calls >= 2
     assert Halfsign.calls >= 2 * 8  # the loop runs each of the 8 members' modules every generation
+
+
+def test_an_option_the_mlp_does_not_take_is_refused_not_ignored(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="model.options: model 'mlp' takes no options, got foo"):
+        run_inline(tiny_config(model={"options": {"foo": 1}}), tmp_path)

@@ -69,6 +69,11 @@ def _mlp(input_shape: tuple[int, ...], num_outputs: int, cfg: ModelConfig) -> to
 
 
 @dataclass
+class NoOptions:
+    """A provider that takes no ``options`` (a key there is a mistake, not something to ignore)."""
+
+
+@dataclass
 class ConvNetOptions:
     """``[model.options]`` of ``convnet``."""
 
@@ -102,7 +107,8 @@ def evoens_register_providers() -> Iterator[Provider]:
     yield Provider("trainer", "evolution", evolution_trainer, "EvoTorch searcher over the batched population")
     yield Provider("trainer", "gradient", gradient_trainer, "P independent networks, one batched optimizer",
                    options=GradientOptions)  # fmt: skip
-    yield Provider("model", "mlp", _mlp, "multi-layer perceptron: model.hidden widths, model.activation")
+    yield Provider("model", "mlp", _mlp, "multi-layer perceptron: model.hidden widths, model.activation",
+                   options=NoOptions)  # fmt: skip
     yield Provider("model", "convnet", _convnet, "EvoJAX MNIST ConvNet (options: channels, kernel)",
                    options=ConvNetOptions)  # fmt: skip
     for name, (fn, description) in FITNESS.items():
