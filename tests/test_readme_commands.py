@@ -1,7 +1,6 @@
 """The README's commands, in the order it gives them, in a fresh directory (install aside): the quick
-start and the files it promises, the plugin listing, and one example per built-in plugin.
-
-The resume command is not here yet: it joins when the resume semantics of issue 16 land."""
+start and the files it promises, resume with more generations, the plugin listing, and one example
+per built-in plugin."""
 
 from __future__ import annotations
 
@@ -56,6 +55,17 @@ def test_quick_start_writes_what_the_readme_lists(workdir: Path) -> None:
         assert key in summary, key
     assert summary["status"] == "finished" and summary["generations"] == 20
     assert "generation 1/20" in done.stderr  # stderr is no terminal here: the progress line
+
+
+def test_resume_with_more_generations_continues_the_quick_start(workdir: Path) -> None:
+    """`evoens resume runs/quickstart --set generations=800`, shortened: 20 -> 25."""
+    evoens(workdir, "resume", "runs/quickstart", "--set", "generations=25", "--threads", "1")
+    run = workdir / "runs" / "quickstart"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["generations"] == 25
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["generation"] for row in rows] == list(range(25))
+    assert "generations = 25" in (run / "config.toml").read_text()  # recorded: a plain resume keeps it
 
 
 def test_plugin_listing(workdir: Path) -> None:
