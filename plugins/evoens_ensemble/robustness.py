@@ -449,8 +449,9 @@ def _scatter(ax: Axes, t: _ToAxis, p_id: Tensor, p_ood: Tensor, n_id: int | None
     x, y = t(p_id), t(p_ood)
     if n_id and n_ood:  # asymmetric bars: the binomial 95 % CI mapped through T
         half_id, half_ood = (1.96 * (p * (1 - p) / n).sqrt() for p, n in ((p_id, n_id), (p_ood, n_ood)))
-        xerr = [x - t(p_id - half_id), t(p_id + half_id) - x]
-        yerr = [y - t(p_ood - half_ood), t(p_ood + half_ood) - y]
+        # one (2, n) array: matplotlib's check of a list of arrays warns on numpy >= 1.25
+        xerr = np.stack([x - t(p_id - half_id), t(p_id + half_id) - x])
+        yerr = np.stack([y - t(p_ood - half_ood), t(p_ood + half_ood) - y])
         ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="none", ecolor=color, alpha=0.4)
     ax.scatter(x, y, marker=marker, color=color, s=70 if kind == "ensemble" else 25, label=kind, zorder=3)
 
