@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import copy
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -170,7 +171,7 @@ class BlockConv2d(nn.Module):
 # ---------------------------------------------------------------- models
 
 
-class _Interp(nn.Module):
+class _Interp(nn.Module, ABC):
     """Shared by both families: ``features`` (B, ...) -> (B, M·F) member-major, ``head`` -> (B, M·C)."""
 
     features: nn.Sequential
@@ -194,9 +195,9 @@ class _Interp(nn.Module):
         logits = self.member_logits(x)  # (M, B, C)
         return logits.mean(0) if self.output == "mean" else logits.transpose(0, 1)
 
+    @abstractmethod
     def narrow(self) -> nn.Sequential:
         """A freshly initialised narrow network of one member's architecture."""
-        raise NotImplementedError
 
 
 class InterpMLP(_Interp):
