@@ -46,6 +46,8 @@ class Candidates:
     ``groups[s]`` lists the member indices of ``species[s]`` (row r of species s is member
     ``groups[s][r]``); by default the species are consecutive blocks of members. ``names`` name
     the members (``member0`` ...), ``batch_chunk`` bounds the examples per forward call.
+    ``per_member_inputs``: every member gets its own batch, ``x`` is ``(P, B, ...)`` and the targets
+    ``(P, B)`` in member order (a hypernetwork's inner batches); by default members share ``(B, ...)``.
     """
 
     def __init__(
@@ -55,6 +57,7 @@ class Candidates:
         names: Sequence[str] | None = None,
         *,
         batch_chunk: int | None = None,
+        per_member_inputs: bool = False,
     ) -> None:
         if not species:
             raise ValueError("Candidates need at least one species")
@@ -77,6 +80,7 @@ class Candidates:
         if batch_chunk is not None and batch_chunk < 1:
             raise ValueError(f"batch_chunk must be >= 1 or None, got {batch_chunk}")
         self.batch_chunk = batch_chunk
+        self.per_member_inputs = per_member_inputs
         order = [i for g in self.groups for i in g]  # member at each row of the species-order stack
         self._identity = order == list(range(self.size))
         self._order = torch.tensor(order)
@@ -104,7 +108,8 @@ class Candidates:
                 index = torch.tensor([r for _, r in rows], device=pop.device)
                 pops.append(_rows(pop, index))
                 groups.append([k for k, _ in rows])
-        return Candidates(pops, groups, [self.names[m] for m in members], batch_chunk=self.batch_chunk)
+        return Candidates(pops, groups, [self.names[m] for m in members], batch_chunk=self.batch_chunk,
+                          per_member_inputs=self.per_member_inputs)  # fmt: skip
 
     # ------------------------------------------------------------------ views
     def __len__(self) -> int:
@@ -130,14 +135,26 @@ class Candidates:
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
-        """Every species on the shared input ``x`` (B, ...): ``((P_s, B, ...), ...)``, one batched
-        forward per species and input chunk of ``batch_chunk`` examples."""
-        step = self.batch_chunk or max(len(x), 1)
+        """Every species on the shared input ``x`` (B, ...), or with ``per_member_inputs`` on each
+        member's own ``x[i]`` (``x`` is (P, B, ...)): ``((P_s, B, ...), ...)``, one batched forward
+        per species and input chunk of ``batch_chunk`` examples."""
+        if self.per_member_inputs and (x.dim() < 2 or x.shape[0] != self.size):
+            raise ValueError(f"per-member inputs must be (P={self.size}, B, ...), got {tuple(x.shape)}")
+        n = x.shape[1] if self.per_member_inputs else len(x)
+        step = self.batch_chunk or max(n, 1)
         outputs = []
-        for pop in self.species:
-            chunks = [pop(x[s : s + step], per_member=False) for s in range(0, len(x), step)]
+        for s, pop in enumerate(self.species):
+            xs = self._rows_of(x, s) if self.per_member_inputs else x  # (P_s, B, ...) or (B, ...)
+            pm = self.per_member_inputs
+            chunks = [pop(xs[:, a : a + step] if pm else xs[a : a + step], per_member=pm) for a in range(0, n, step)]
             outputs.append(chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1))  # (P_s, B, ...)
         return tuple(outputs)
+
+    def _rows_of(self, values: Tensor, s: int) -> Tensor:
+        """The rows of member-ordered ``values`` (P, ...) that belong to species ``s``: (P_s, ...)."""
+        if self._identity and len(self.species) == 1:
+            return values
+        return values.index_select(0, torch.tensor(self.groups[s], device=values.device))
 
     __call__ = forward
 
@@ -150,7 +167,8 @@ class Candidates:
         outputs = self.forward(x)
         if getattr(fitness_fn, "couples_members", False) and len(outputs) > 1:
             return Evaluation(fitness_fn(self.gather(outputs), y), outputs)  # (P,)
-        return Evaluation(self.gather([fitness_fn(o, y) for o in outputs]), outputs)  # (P,)
+        targets = [self._rows_of(y, s) if self.per_member_inputs else y for s in range(len(outputs))]
+        return Evaluation(self.gather([fitness_fn(o, t) for o, t in zip(outputs, targets)]), outputs)  # (P,)
 
     def logits(self, x: Tensor) -> Tensor:
         """Every member's outputs on ``x`` in member order: ``(P, B, ...)`` (needs equal output shapes)."""

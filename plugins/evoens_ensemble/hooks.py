@@ -90,6 +90,8 @@ def evoens_after_evaluate(run: Any, generation: int, candidates: Any, outputs: A
     settings = run.stash.get(SETTINGS, None)
     if settings is None or not settings.every or outputs is None or generation % settings.every:
         return None
+    if getattr(candidates, "per_member_inputs", False):  # members saw different inputs: no ensemble
+        return None
     from evoens_ensemble.metrics import EnsembleMetrics
 
     metrics = EnsembleMetrics(settings.combiner)

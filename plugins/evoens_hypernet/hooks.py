@@ -1,0 +1,1 @@
+from evoens import hookimpl  # noqa: F401
