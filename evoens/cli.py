@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--device", choices=["cpu", "cuda", "auto"], help="override the config's device")
     run.add_argument("--data-dir", help="directory of downloaded datasets (also EVOENS_DATA_DIR)")
+    run.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="Ray cluster for trainer.num_actors: HOST:PORT or 'auto' (the config's ray.address)",
+    )
     _plugin_args(run)
     _threads_arg(run)
 
@@ -146,6 +151,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides.append(f"device={json.dumps(args.device)}")
     if args.data_dir:
         overrides.append(f"data.data_dir={json.dumps(args.data_dir)}")
+    if args.ray_address:
+        overrides.append(f"ray.address={json.dumps(args.ray_address)}")
     config = load_config(args.config, overrides)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     summary = execute(config, out, _manager(args, config), overwrite=args.overwrite)
