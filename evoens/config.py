@@ -57,6 +57,7 @@ __all__ = [
     "DataConfig",
     "ModelConfig",
     "PluginsConfig",
+    "RayConfig",
     "RunConfig",
     "TrainerConfig",
     "WatchdogConfig",
@@ -156,6 +157,22 @@ class WatchdogConfig:
 
 
 @dataclass
+class RayConfig:
+    """Where Ray actors run when ``trainer.num_actors`` > 0 and what each gets (evoens.distributed)."""
+
+    address: str | None = _opt(
+        None, "Ray cluster to join: 'auto' (Ray's: RAY_ADDRESS or the cluster `ray start` runs here) or "
+        "HOST:PORT; unset: RAY_ADDRESS, else a local Ray instance"
+    )
+    threads_per_actor: int = _opt(0, "torch threads (and Ray CPUs) of each actor; 0: the cluster's CPUs / actors", ge=0)
+    num_gpus_per_actor: float | str = _opt(
+        0.0, "GPUs of each actor (fractional ok), 'max' (split all) or 'all' (every GPU)", ge=0, choices=("max", "all")
+    )
+    max_restarts: int = _opt(3, "dead actors replaced (their share re-evaluated) per run before it stops", ge=0)
+    timeout: float = _opt(300.0, "seconds to wait for an actor to start or to return its share", gt=0, finite=True)
+
+
+@dataclass
 class RunConfig:
     """A whole run: the top level of a config file."""
 
@@ -174,6 +191,7 @@ class RunConfig:
     plugins: PluginsConfig = _opt(PluginsConfig, "plugin selection")
     checkpoint: CheckpointConfig = _opt(CheckpointConfig, "checkpointing")
     watchdog: WatchdogConfig = _opt(WatchdogConfig, "divergence watch")
+    ray: RayConfig = _opt(RayConfig, "Ray actors: cluster address and per-actor resources")
     extra: dict[str, Any] = _opt({}, "free-form tables for third-party plugins: [extra.NAME]")
 
 
