@@ -61,6 +61,7 @@ setup(
             "binary = evoens_binary.hooks",
             "morph = evoens_morph.hooks",
             "ensemble = evoens_ensemble.hooks",
+            "sizing = evoens_sizing.hooks",
             "hypernet = evoens_hypernet.hooks",
             "benchmarks = evoens_benchmarks.hooks",
         ],

@@ -1,0 +1,321 @@
+"""Trainer ``sizing``: a population whose members learn their layers' sizes while they train.
+
+G. Leclerc et al., "Smallify: Learning Network Size while Training" (arXiv:1806.03723, 2018): loss
+``CE + lambda ||beta||_1 + lambda_2 ||W||^2``; the journal's flexible layer (``CE + lambda S(x0)``).
+
+All P members share one architecture and one flat ``(P, D)`` leaf trained by one Adam (as
+:mod:`evoens.gradient`): member i has its own switches (a fixed-shape mask per member, so members
+of different effective sizes still run in one forward) and its own ``lambda_i`` (``lams`` cycled
+over the members: a lambda sweep with replicates is one population). Every ``compact_every``
+generations, when the widest member's live units fall below ``1 - compact_min`` of the physical
+width, the population is compacted (:func:`evoens_sizing.compact.compact_population`, Adam's moments
+cut alike); with ``grow_every`` it also grows (:mod:`evoens_sizing.grow`). ``candidates()`` are
+the members compacted to their own live units: one species per final width.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from evoens.candidates import Candidates
+from evoens.config import option
+from evoens.datasets import Batcher
+from evoens.fitness import fitness_stats
+from evoens.phases import Evaluate
+from evoens.population import Population, flat_layout
+from evoens_sizing.compact import compact, compact_population, resized, unit_plan, widths
+from evoens_sizing.gated import GatedLinear, gate_integral
+from evoens_sizing.grow import grow_tensors, grow_zeros, growth, saturated
+from evoens_sizing.models import sized_layers
+from evoens_sizing.stats import ActivationProbe, UnitStats
+from evoens_sizing.switch import SizePenaltyScheduler, SwitchLinear, switch_init_, switch_penalty, weight_penalty
+
+
+@dataclass
+class SizingOptions:
+    """``[trainer.options]`` of ``sizing``."""
+
+    lams: list[float] = option([1e-3], "lambda of the size penalty, cycled over the members", ge=0, finite=True)
+    weight_l2: float = option(0.0, "lambda_2 of the weight term lambda_2 ||W||^2 (Smallify; the journal: 0)", ge=0)
+    lr_x0: float = option(1.0, "learning rate of the gates' x0 (the journal's 1)", gt=0, finite=True)
+    lam_decay: float = option(0.0, "a member collapsing to 0 units: lambda /= this, switches re-drawn (0: off)", ge=0)
+    min_lam: float = option(1e-7, "the least lambda lam_decay goes to", ge=0)
+    compact_every: int = option(0, "check for compaction every N generations (0: never during the run)", ge=0)
+    compact_min: float = option(0.1, "compact when the live units of the widest member fall below (1 - this)",
+                                ge=0, le=1)  # fmt: skip
+    grow_every: int = option(0, "check for saturated layers to widen every N generations (0: never)", ge=0)
+    grow_factor: float = option(2.0, "a saturated layer grows to about factor x its width", gt=1, finite=True)
+    max_width: int = option(4096, "no layer grows past this many units", ge=2)
+    probe_examples: int = option(1024, "training examples of the dead-unit probe", ge=1)
+    dead_every: int = option(0, "report dead units (activation sd = 0 on the probe) every N generations (0: never)",
+                             ge=0)  # fmt: skip
+
+    @classmethod
+    def tiny(cls) -> SizingOptions:
+        """A run of seconds, for conformance tests."""
+        return cls(lams=[1e-2, 0.0], compact_every=2, probe_examples=64)
+
+
+def _as_dict(flat: Tensor, layout: list) -> dict[str, Tensor]:
+    return {s.name: flat[:, s.offset : s.offset + s.numel].reshape(flat.shape[0], *s.shape) for s in layout}
+
+
+def _as_flat(tensors: Mapping[str, Tensor], layout: list) -> Tensor:
+    return torch.cat([tensors[s.name].reshape(tensors[s.name].shape[0], -1) for s in layout], 1)  # (P, D)
+
+
+class SizingTrainer:
+    """One generation = one Adam step of every member on one minibatch, then compaction/growth."""
+
+    def __init__(self, template: nn.Module, popsize: int, options: SizingOptions, *, lr: float, batcher: Batcher,
+                 device: torch.device, seed: int, weight_decay: float = 0.0, probe: Tensor | None = None,
+                 strategy: str = "vmap") -> None:  # fmt: skip
+        self.opts, self.lr, self.weight_decay, self.batcher = options, lr, weight_decay, batcher
+        self.device, self.strategy, self.probe = device, strategy, probe
+        for _, m in sized_layers(template):
+            if isinstance(m, GatedLinear):  # x0 moves at lr_x0 under the one Adam (see GatedLinear)
+                m.x0_scale = options.lr_x0 / lr
+                m.reset_parameters()
+        lam = torch.tensor([options.lams[i % len(options.lams)] for i in range(popsize)], dtype=torch.float32)
+        self.schedule = SizePenaltyScheduler(lam, options.lam_decay, options.min_lam)
+        generator = torch.Generator().manual_seed(seed)
+        flat = Population.from_module(template, popsize, generator=generator).flat  # (P, D)
+        self._build(template.to(device), flat.to(device))
+        self.grow_generator = torch.Generator().manual_seed(seed + 1)
+        self.alive_before = self._alive()
+
+    # ------------------------------------------------------------------ state
+    def _build(self, template: nn.Module, flat: Tensor, moments: tuple[Tensor, Tensor, Tensor] | None = None) -> None:
+        leaf = flat.detach().clone().requires_grad_(True)
+        self.template, self.layers = template, sized_layers(template)
+        self.population = Population(template, leaf, strategy=self.strategy)
+        self.optimizer = torch.optim.Adam([leaf], lr=self.lr)
+        if moments is not None:
+            step, m1, m2 = moments
+            self.optimizer.state[leaf] = {"step": step, "exp_avg": m1, "exp_avg_sq": m2}
+
+    def _moments(self) -> tuple[Tensor, Tensor, Tensor] | None:
+        st = self.optimizer.state.get(self.population.flat)
+        return None if not st else (st["step"], st["exp_avg"], st["exp_avg_sq"])
+
+    # ------------------------------------------------------------------ the loss
+    def size_penalty(self, params: Mapping[str, Tensor]) -> Tensor:
+        """Every member's size penalty: switches' L1 / gates' integrals summed over layers: (P,)."""
+        total = torch.zeros(self.population.size, device=self.device)
+        for name, m in self.layers:
+            if isinstance(m, GatedLinear):
+                total = total + gate_integral(params[f"{name}.x0_raw"] * m.x0_scale, float(m.k), m.out_features)
+            else:
+                total = total + switch_penalty(params[f"{name}.theta"], m.mode)
+        return total  # (P,)
+
+    def weight_terms(self, params: Mapping[str, Tensor]) -> Tensor:
+        """``lambda_2 ||W||^2`` over weight matrices plus ``weight_decay / 2`` times the squares of
+        every parameter but switches and x0 (Adam's coupled weight decay, size parameters spared): (P,)."""
+        total = torch.zeros(self.population.size, device=self.device)
+        for name, p in params.items():
+            if name.endswith((".theta", ".x0_raw")):
+                continue
+            if self.opts.weight_l2 and name.endswith(".weight"):
+                total = total + self.opts.weight_l2 * weight_penalty(p, lead=1)
+            if self.weight_decay:
+                total = total + 0.5 * self.weight_decay * weight_penalty(p, lead=1)
+        return total
+
+    def capacity(self) -> dict[str, Tensor]:
+        """Per sized layer, every member's live units (switches) or effective size (gates): (P,)."""
+        params = self.population.params
+        found = {}
+        for name, m in self.layers:
+            if isinstance(m, GatedLinear):
+                x0 = params[f"{name}.x0_raw"].detach() * m.x0_scale
+                found[name] = x0.clamp(0, m.out_features)
+            else:
+                found[name] = (params[f"{name}.theta"].detach() > 0).sum(1).to(torch.float32)
+        return found
+
+    def _alive(self) -> dict[str, Tensor]:
+        params = self.population.params
+        return {n: params[f"{n}.theta"].detach() > 0 for n, m in self.layers if isinstance(m, SwitchLinear)}
+
+    # ------------------------------------------------------------------ a generation
+    def step(self, generation: int, evaluate: Evaluate) -> dict[str, Any]:
+        pop = self.population
+        x, y = (t.to(pop.flat.device, non_blocking=True) for t in self.batcher.next())
+        fitness, clean, _ = evaluate(Candidates([pop]), (x, y))  # (P,), differentiable
+        finite = torch.isfinite(fitness)  # (P,)
+        params = pop.params
+        lam = self.schedule.lam.to(fitness.device)
+        loss = -torch.where(finite, fitness, torch.zeros_like(fitness)).sum()
+        loss = loss + (lam * self.size_penalty(params)).sum() + self.weight_terms(params).sum()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        stats = self._stats(clean)
+        if self.opts.dead_every and (generation + 1) % self.opts.dead_every == 0:
+            for name, dead in self.dead_units().items():
+                stats[f"dead/{name}"] = dead.sum(1).to(torch.float32).mean()
+        self._maintain(generation + 1)
+        return stats
+
+    def _stats(self, clean: Tensor) -> dict[str, Any]:
+        stats: dict[str, Any] = dict(fitness_stats(clean))
+        caps = self.capacity()
+        total = torch.stack(list(caps.values())).sum(0) if caps else torch.zeros(1)  # (P,)
+        stats.update(capacity_mean=total.mean(), capacity_min=total.min(), capacity_max=total.max())
+        for name, cap in caps.items():
+            stats[f"capacity/{name}"] = cap.mean()
+            for i, c in enumerate(cap.tolist()):
+                stats[f"capacity/{name}/member{i}"] = c
+        stats["lambda_mean"] = self.schedule.lam.mean()
+        for path, w in self.physical_widths().items():
+            stats[f"width/{path}"] = w
+        return stats
+
+    def physical_widths(self) -> dict[str, int]:
+        try:
+            return widths(self.template)
+        except ValueError:
+            return {n: m.out_features for n, m in self.layers}
+
+    def _maintain(self, done: int) -> None:
+        """After ``done`` generations: collapse handling, compaction and growth when due."""
+        if self.opts.lam_decay:
+            self._collapse()
+        if self.opts.compact_every and done % self.opts.compact_every == 0:
+            self.maybe_compact()
+        if self.opts.grow_every and done % self.opts.grow_every == 0:
+            self.maybe_grow()
+
+    def _collapse(self) -> None:
+        alive = self._alive()
+        if not alive:
+            return
+        cap = torch.stack([a.sum(1) for a in alive.values()]).min(0).values  # (P,)
+        collapsed = self.schedule.step(cap.cpu())
+        if bool(collapsed.any()):
+            with torch.no_grad():
+                params = self.population.params
+                for name, m in self.layers:
+                    if isinstance(m, SwitchLinear):
+                        theta = params[f"{name}.theta"]  # (P, N) view of the leaf
+                        fresh = switch_init_(torch.empty_like(theta), m.init, self.grow_generator)
+                        theta.copy_(torch.where(collapsed.to(theta.device)[:, None], fresh, theta))
+
+    # ------------------------------------------------------------------ compaction and growth
+    def maybe_compact(self, force: bool = False) -> bool:
+        """Compact when the widest member's live units are below (1 - compact_min) of a layer."""
+        alive = self._alive()
+        if not alive:
+            return False
+        worth = any(a.sum(1).max() < (1 - self.opts.compact_min) * a.shape[1] for a in alive.values())
+        if not (worth or force):
+            return False
+        layout = self.population.layout
+        params = {k: v.detach() for k, v in self.population.params.items()}
+        moments = self._moments()
+        dicts = [params] + ([_as_dict(moments[1], layout), _as_dict(moments[2], layout)] if moments else [])
+        template, cut = compact_population(self.template, dicts, params)
+        self._rebuild(template, cut, moments)
+        return True
+
+    def _rebuild(self, template: nn.Module, cut: list[dict[str, Tensor]], moments: tuple | None) -> None:
+        layout = flat_layout(template)
+        new_moments = None if moments is None else (moments[0], _as_flat(cut[1], layout), _as_flat(cut[2], layout))
+        self._build(template, _as_flat(cut[0], layout), new_moments)
+        self.alive_before = self._alive()
+
+    def dead_units(self) -> dict[str, Tensor]:
+        """Per switch layer, every member's units with zero activation variance on the probe: (P, N)."""
+        if self.probe is None:
+            return {n: torch.zeros_like(a) for n, a in self._alive().items()}
+        names = [n for n, _ in self.template.named_children()]
+        pop = self.population
+        params = {k: v.detach() for k, v in pop.params.items()}
+        found = {}
+        for name, m in self.layers:
+            if isinstance(m, SwitchLinear):
+                after = names[names.index(name) + 1]  # the ReLU after the layer
+                acc = UnitStats()
+                acc.update(ActivationProbe(self.template, after, "post").activations(params, pop.buffers, self.probe))
+                found[name] = acc.result().dead
+        return found
+
+    def maybe_grow(self) -> bool:
+        """Widen (R2R) every switch layer on which some member is saturated: none of its switches
+        died since the last check and none of its live units is dead on the probe."""
+        alive, dead = self._alive(), self.dead_units()
+        grew = False
+        for name in list(alive):
+            still = ~(self.alive_before.get(name, alive[name]) & ~alive[name]).any(1)  # (P,) no switch died
+            live_dead = dead[name] & alive[name]
+            sat = still & saturated(torch.ones_like(alive[name]), live_dead)  # (P,)
+            n = growth(int(alive[name].sum(1).max()), self.opts.grow_factor, self.opts.max_width)
+            n = min(n, (self.opts.max_width - alive[name].shape[1]) // 2 * 2)
+            if bool(sat.any()) and n > 0:
+                self._grow_layer(name, sat, n)
+                grew = True
+        self.alive_before = self._alive()
+        return grew
+
+    def _grow_layer(self, name: str, grow: Tensor, n: int) -> None:
+        plan = {layer.path: layer for layer in unit_plan(self.template)}
+        layer = plan[name]
+        if not layer.consumer or layer.consumer[0][2] != 1:
+            return
+        layout = self.population.layout
+        params = {k: v.detach() for k, v in self.population.params.items()}
+        moments = self._moments()
+        init = next(m for p, m in self.layers if p == name).init
+        theta_new = 1.0 if init == "one" else 0.5
+        grown = grow_tensors(params, layer, grow.to(params[f"{name}.theta"].device), n, theta_new,
+                             self.grow_generator)  # fmt: skip
+        cut = [grown] + ([grow_zeros(_as_dict(m, layout), layer, n) for m in moments[1:]] if moments else [])
+        template = resized(self.template, list(plan.values()), {**widths(self.template), name: layer.width + n})
+        self._rebuild(template, cut, moments)
+
+    # ------------------------------------------------------------------ the contract
+    def candidates(self) -> Candidates:
+        """Every member compacted to its own live units (``member0`` ...): one species per width."""
+        models = self.member_models()
+        if any(isinstance(m, GatedLinear) for _, m in self.layers):
+            return Candidates([self.population.with_flat(self.population.flat.detach())])
+        return Candidates.from_modules([compact(m) for m in models], [f"member{i}" for i in range(len(models))],
+                                       strategy="vmap")  # fmt: skip
+
+    def member_models(self) -> list[nn.Module]:
+        """Each member as its own module (eval mode) of the population's physical width."""
+        pop, out = self.population, []
+        for i in range(pop.size):
+            m = copy.deepcopy(self.template)
+            state = {k: v[i].detach() for k, v in pop.params.items()}
+            state.update({k: v[i].detach() for k, v in pop.buffers.items()})
+            m.load_state_dict(state)
+            out.append(m.eval())
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        moments = self._moments()
+        return {
+            "widths": self.physical_widths(),
+            "flat": self.population.flat.detach().clone(),
+            "moments": None if moments is None else [t.clone() for t in moments],
+            "lam": self.schedule.lam.clone(),
+            "alive_before": {k: v.clone() for k, v in self.alive_before.items()},
+            "grow_generator": self.grow_generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["widths"] != self.physical_widths():
+            self.template = resized(self.template, unit_plan(self.template), state["widths"])
+        moments = None if state["moments"] is None else tuple(t.to(self.device) for t in state["moments"])
+        self._build(self.template, state["flat"].to(self.device), moments)  # type: ignore[arg-type]
+        self.schedule.lam = state["lam"].clone()
+        self.alive_before = {k: v.to(self.device) for k, v in state["alive_before"].items()}
+        self.grow_generator.set_state(state["grow_generator"])
