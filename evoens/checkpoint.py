@@ -15,6 +15,7 @@ values back into a freshly built searcher of the same configuration.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import random
@@ -166,6 +167,14 @@ def _feed(digest: Any, path: str, value: Any) -> None:
         digest.update(f"{path}={type(value).__name__}:{value!r}\n".encode())
 
 
+def write_file(path: Path, data: bytes | memoryview) -> None:
+    """``data`` into ``path``, on the disk (fsync) before returning: a full disk is an OSError here."""
+    with path.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def save(run_dir: Path, generation: int, state: dict[str, Any], keep: int) -> Path:
     """Write ``state`` atomically as the checkpoint of ``generation``; keep the newest ``keep``."""
     folder = checkpoint_dir(run_dir)
@@ -174,9 +183,14 @@ def save(run_dir: Path, generation: int, state: dict[str, Any], keep: int) -> Pa
     tmp = folder / f".{path.name}.{os.getpid()}.tmp"
     payload = {"format": FORMAT, **state}
     payload["checksum"] = checksum(payload)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)  # in memory first: torch's writer reports a full disk as a RuntimeError
     try:
-        torch.save(payload, tmp)
+        write_file(tmp, buffer.getbuffer())
         os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise OSError(err.errno, err.strerror, str(path)) from err  # named by the checkpoint's own name
     except BaseException:
         tmp.unlink(missing_ok=True)  # a half-written file is no checkpoint; the previous ones stay
         raise

@@ -22,7 +22,7 @@ from evoens.checkpoint import CheckpointError, load_latest
 from evoens.config import RunConfig, dump_toml, load_config
 from evoens.errors import PluginError, RunError, UserError
 from evoens.manager import PluginManager
-from evoens.phases import Phases, call_hook, merge
+from evoens.phases import Phases, call_hook, explain, merge
 from evoens.run import ADDED, Run, build_run, final_evaluation, remove_entries, restore_run
 
 log = logging.getLogger("evoens")
@@ -70,6 +70,10 @@ def _step(run: Run, generation: int, phases: Phases) -> dict[str, Any]:
     except Exception as exc:
         name = run.config.trainer.name
         plugin = run.registry.get("trainer", name).plugin
+        where = f"in the step of trainer '{name}' (plugin '{plugin}') at generation {generation}"
+        failure = explain(run.context, exc, where)
+        if failure is not None:
+            raise failure from exc
         raise PluginError(
             f"trainer '{name}' (plugin '{plugin}') failed in step at generation {generation}: "
             f"{type(exc).__name__}: {exc}"
@@ -89,24 +93,37 @@ def evoens_run_loop(run: Run) -> dict[str, Any]:
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
-    tmp.replace(path)
+    """``path`` holds ``payload`` or, if it cannot be written (a full disk), what it held before:
+    never a 0-byte or half file, and no temp file is left behind."""
+    _write_atomic(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+
+
+class SummaryUnwritten(RunError):
+    """``summary.json`` could not be written; what it held before stays (see :func:`write_json_atomic`)."""
 
 
 def _finish(run: Run, summary: dict[str, Any]) -> None:
-    """Write ``summary.json`` and call ``evoens_run_end`` (also after a failure)."""
+    """Write ``summary.json`` and call ``evoens_run_end`` (also after a failure, and also when the
+    summary cannot be written: the plugins still close their files)."""
     summary["wall_seconds"] = time.perf_counter() - run.started
     summary.update(run.summary)
     errors = [*run.summary.get("reporter_errors", []), *run.pm.report_errors()]
     if errors:  # report sinks (evoens.builtins.reporters) and report hooks that failed
         summary["reporter_errors"] = errors
     run.summary = summary
-    write_json_atomic(run.out_dir / "summary.json", summary)
+    path = run.out_dir / "summary.json"
+    unwritten: OSError | None = None
+    try:
+        write_json_atomic(path, summary)
+    except OSError as err:
+        unwritten = err
     try:
         call_hook(run, "evoens_run_end", run=run, summary=summary)
     finally:
         remove_entries(run.stash.get(ADDED, []))
+    if unwritten is not None:
+        kept = "keeps its previous contents" if path.exists() else "was not written"
+        raise SummaryUnwritten(f"cannot write {path}: {unwritten.strerror or unwritten}; it {kept}") from unwritten
 
 
 def execute(config: RunConfig, out_dir: str | Path, pm: PluginManager, *, overwrite: bool = False) -> dict[str, Any]:
@@ -119,6 +136,7 @@ def execute(config: RunConfig, out_dir: str | Path, pm: PluginManager, *, overwr
     busy = rundir.holder(out)
     if busy:
         raise rundir.RunDirLocked(busy)
+    rundir.refuse_file(out)
     if not overwrite:
         rundir.refuse_existing(out)
     pm.hook.evoens_configure.call_historic(kwargs={"config": config})
@@ -130,7 +148,7 @@ def execute(config: RunConfig, out_dir: str | Path, pm: PluginManager, *, overwr
         raise
     with lock:
         try:
-            _write_atomic(out / "config.toml", dump_toml(config))
+            _write_config(out, config)
         except BaseException:
             remove_entries(run.stash.get(ADDED, []))
             raise
@@ -161,7 +179,11 @@ def resume(out_dir: str | Path, pm: PluginManager, overrides: list[str] | None =
             remove_entries(run.stash.get(ADDED, []))
             raise
         if config != recorded:  # honoured, and kept for a later plain `evoens resume`
-            _write_atomic(out / "config.toml", dump_toml(config))
+            try:
+                _write_config(out, config)
+            except BaseException:
+                remove_entries(run.stash.get(ADDED, []))
+                raise
         log.info("resuming %s at generation %d from %s", out, run.generation, path.name)
         return _drive(run)
 
@@ -209,13 +231,35 @@ def _restore_latest(run: Run) -> Path:
 
 
 def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temp file and a rename; the temp file never stays."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(text)
+        with tmp.open("w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())  # a full disk shows here, not after the rename
         tmp.replace(path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _final_evaluation(run: Run) -> dict[str, Any]:
+    try:
+        return final_evaluation(run)
+    except Exception as exc:
+        failure = explain(run.context, exc, f"in the final evaluation after generation {run.generation}")
+        if failure is not None:
+            raise failure from exc
+        raise
+
+
+def _write_config(out: Path, config: RunConfig) -> None:
+    path = out / "config.toml"
+    try:
+        _write_atomic(path, dump_toml(config))
+    except OSError as err:
+        raise RunError(f"cannot write {path}: {err.strerror or err}; nothing ran") from err
 
 
 def _drive(run: Run) -> dict[str, Any]:
@@ -224,14 +268,23 @@ def _drive(run: Run) -> dict[str, Any]:
         result = call_hook(run, "evoens_run_loop", run=run)
         if result is None:
             raise PluginError("no plugin provides evoens_run_loop (is the 'loop' plugin disabled?): nothing ran")
+        summary = {"status": "finished", **result, **_final_evaluation(run)}
+        for extra in reversed(call_hook(run, "evoens_summary", run=run)):
+            summary.update(extra or {})
     except BaseException as exc:  # leave a record and close the plugins' files, then re-raise
         status = getattr(exc, "status", "failed")  # a RunError may say more precisely ("diverged")
-        _finish(run, {"status": status, "error": f"{type(exc).__name__}: {exc}", "generations": run.generation})
+        try:
+            _finish(run, {"status": status, "error": f"{type(exc).__name__}: {exc}", "generations": run.generation})
+        except SummaryUnwritten as unwritten:  # one line saying both
+            raise RunError(f"{exc}; {unwritten}") from exc
         raise
-    summary = {"status": "finished", **result, **final_evaluation(run)}
-    for extra in reversed(call_hook(run, "evoens_summary", run=run)):
-        summary.update(extra or {})
-    _finish(run, summary)
+    try:
+        _finish(run, summary)
+    except SummaryUnwritten as unwritten:
+        raise RunError(
+            f"the run reached generation {run.generation}, but {unwritten}; its checkpoints and metrics are "
+            "intact (free some space, then read the final ones)"
+        ) from unwritten
     return summary
 
 

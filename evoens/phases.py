@@ -16,6 +16,7 @@ The engine calls the rest (``generation_start`` before the step; ``after_tell``,
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -25,9 +26,10 @@ from evoens.candidates import Candidates, Evaluation
 from evoens.errors import PluginError, RunError, UserError
 from evoens.fitness import sanitize
 from evoens.manager import plugin_for_exception
+from evoens.memory import is_oom
 
 if TYPE_CHECKING:
-    from evoens.run import Run
+    from evoens.run import Run, RunContext
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -46,17 +48,83 @@ class Evaluate(Protocol):
     def __call__(self, candidates: Candidates, batch: Batch) -> Evaluated: ...
 
 
+class CoreFailure(UserError):
+    """The run's own computation failed for a reason its config controls: out of memory, or a model
+    whose shapes do not fit the data. One line: where, what happened, the keys to change."""
+
+
+_SHAPES = re.compile(
+    r"shapes cannot be multiplied|size mismatch|must match the (?:existing )?size|expected size|expected input|"
+    r"to have \d+ channels|is invalid for input of size|out of bounds|expected \d+d|dimension out of range",
+    re.IGNORECASE,
+)
+
+
+def explain(context: RunContext, exc: BaseException, where: str) -> CoreFailure | None:
+    """A :class:`CoreFailure` for an out-of-memory or shape error raised ``where`` (e.g.
+    ``plugin 'core' in evoens_evaluate at generation 3``); None for any other error."""
+    detail = " ".join(str(exc).split())
+    detail = detail if len(detail) <= 240 else detail[:237] + "..."
+    cfg, data = context.config, context.data
+    if is_oom(exc):
+        batch = cfg.data.batch_size or f"0, the whole training split of {len(data.train.y):,}"
+        knobs = [
+            f"data.batch_size (now {batch})",
+            f"trainer.max_chunk (members per forward, now {cfg.trainer.max_chunk or 'automatic'})",
+            f"trainer.popsize (now {cfg.trainer.popsize})",
+        ]
+        wanted = _requested_bytes(str(exc))
+        dim = sum(p.numel() for p in context.template.parameters())
+        if wanted is not None and wanted >= cfg.trainer.popsize * dim * 2:  # about the population itself
+            knobs.insert(0, knobs.pop())
+        return CoreFailure(
+            f"out of memory on {context.device} {where} ({type(exc).__name__}: {detail}): lower "
+            f"{', '.join(knobs[:2])} or {knobs[2]}"
+        )
+    if isinstance(exc, (RuntimeError, IndexError, ValueError)) and _SHAPES.search(str(exc)):
+        model = f"model '{cfg.model.name}' (plugin '{_plugin(context, 'model', cfg.model.name)}')"
+        dataset = f"dataset '{cfg.data.name}' (plugin '{_plugin(context, 'dataset', cfg.data.name)}')"
+        return CoreFailure(
+            f"the model's shapes do not fit the data {where} ({type(exc).__name__}: {detail}): {model} was built for "
+            f"inputs of shape {tuple(data.input_shape)} and {data.num_classes} classes of {dataset}; check [model] "
+            "and [data] (a model provider must build for the input shape and classes it is given)"
+        )
+    return None
+
+
+def _requested_bytes(message: str) -> float | None:
+    """The allocation an out-of-memory message names (CPU: "allocate N bytes", CUDA: "allocate 2.00 GiB")."""
+    found = re.search(r"allocate ([\d.]+) ?(bytes|[KMGT]iB)", message)
+    if found is None:
+        return None
+    unit = {"bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}[found.group(2)]
+    return float(found.group(1)) * unit
+
+
+def _plugin(context: RunContext, kind: str, name: str) -> str:
+    try:
+        return context.registry.get(kind, name).plugin
+    except UserError:
+        return "?"
+
+
 def call_hook(run: Run, hookname: str, /, **kwargs: Any) -> Any:
-    """Call a hook; a plugin that raises stops the run with its name and the hook's (a PluginError)."""
+    """Call a hook; a plugin that raises stops the run with its name and the hook's (a PluginError,
+    or a :class:`CoreFailure` when the error is out of memory or mismatched shapes)."""
     try:
         return getattr(run.hook, hookname)(**kwargs)
     except (UserError, RunError):
         raise
     except Exception as exc:
         culprit = plugin_for_exception(run.pm, hookname, exc)
+        generation = f" at generation {kwargs['generation']}" if "generation" in kwargs else ""
+        where = f"in {hookname} (plugin '{culprit}'){generation}" if culprit else f"in {hookname}{generation}"
+        failure = explain(run.context, exc, where)
+        if failure is not None:
+            raise failure from exc
         if culprit is None:
             raise
-        raise PluginError(f"plugin '{culprit}' failed in {hookname}: {type(exc).__name__}: {exc}") from exc
+        raise PluginError(f"plugin '{culprit}' failed in {hookname}{generation}: {type(exc).__name__}: {exc}") from exc
 
 
 def merge(results: list[dict[str, Any] | None]) -> dict[str, Any]:

@@ -18,13 +18,14 @@ from torch import nn
 
 from evoens.checkpoint import rng_state, set_rng_state
 from evoens.config import ConfigError, RunConfig
-from evoens.datasets import Batcher, DataSplits, Split
+from evoens.datasets import Batcher, DataError, DataSplits, Split
 from evoens.errors import RegistryError, UserError
 from evoens.fitness import FitnessFn, accuracy
 from evoens.gradient import OPTIMIZERS
 from evoens.kinds import Trainer
 from evoens.manager import PluginManager
 from evoens.models import ACTIVATIONS
+from evoens.phases import explain
 from evoens.registry import Registry
 from evoens.stash import Stash, StashKey
 from evoens.strategies import STRATEGIES
@@ -187,14 +188,36 @@ def _assemble(config: RunConfig, out_dir: Path, pm: PluginManager, registry: Reg
     device = resolve_device(config.device)
     data_cfg = _with_options(registry, "dataset", config.data, "data.options")
     model_cfg = _with_options(registry, "model", config.model, "model.options")
-    data = registry.create("dataset", config.data.name, data_cfg, config.seed).to(device)
+    data = _load_data(registry, config, data_cfg).to(device)
     template = registry.create("model", config.model.name, data.input_shape, data.num_classes, model_cfg)
     context = RunContext(
         config, pm, out_dir, device, data, template.to(device),
         Batcher(data.train, config.data.batch_size, config.seed), registry.create("fitness", config.trainer.fitness),
     )  # fmt: skip
     options = registry.options("trainer", config.trainer.name, config.trainer.options, "trainer.options")
-    return Run(context, registry.create("trainer", config.trainer.name, context, options))
+    try:
+        trainer = registry.create("trainer", config.trainer.name, context, options)
+    except Exception as exc:  # out of memory while building the population: one line, the keys to change
+        plugin = registry.get("trainer", config.trainer.name).plugin
+        failure = explain(context, exc, f"while building trainer '{config.trainer.name}' (plugin '{plugin}')")
+        if failure is not None:
+            raise failure from exc
+        raise
+    return Run(context, trainer)
+
+
+def _load_data(registry: Registry, config: RunConfig, data_cfg: Any) -> DataSplits:
+    """The dataset provider's splits; a file it cannot read (permissions, a vanished mount) is one line."""
+    try:
+        return registry.create("dataset", config.data.name, data_cfg, config.seed)
+    except OSError as err:
+        plugin = registry.get("dataset", config.data.name).plugin
+        where = f"{err.filename}: " if err.filename else ""
+        raise DataError(
+            f"dataset '{config.data.name}' (plugin '{plugin}') cannot read its files: {where}{err.strerror or err}; "
+            "check that the data directory (data.data_dir, --data-dir or EVOENS_DATA_DIR) and the folders above it "
+            "are readable and searchable (chmod u+rx)"
+        ) from err
 
 
 def _with_options(registry: Registry, kind: str, section: _S, key: str) -> _S:

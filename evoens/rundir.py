@@ -83,6 +83,14 @@ def refuse_existing(directory: Path) -> None:
         )
 
 
+def refuse_file(directory: Path) -> None:
+    """``directory`` (or a folder above it) must not be a file: a run directory cannot be made there."""
+    blocking = next((p for p in (directory, *directory.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        what = "is" if blocking == directory else f"(a folder above {directory}) is"
+        raise RunDirError(f"cannot make the run directory {directory}: {blocking} {what} a file; choose another --out")
+
+
 def move_aside(directory: Path) -> Path:
     """Rename ``directory`` to ``DIR.old-<UTC timestamp>`` (a free name) and return the new path."""
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -236,6 +244,7 @@ def claim(directory: Path, *, overwrite: bool = False) -> RunLock:
     An earlier run is refused, or with ``overwrite`` moved aside; whatever this call created is
     removed again when it fails, and nothing that was there before is ever removed."""
     created = [p for p in (directory, *directory.parents) if not p.exists()]
+    refuse_file(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -79,16 +79,16 @@ def test_an_unwritable_checkpoint_fails_the_run_and_resume_continues(
 def test_a_full_disk_is_one_line_with_the_os_error(
     tmp_path: Path, config: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import torch
+    from evoens import checkpoint
 
-    real_save = torch.save
+    real_write = checkpoint.write_file
 
-    def full_disk(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
-        if "gen-000002" in os.fspath(f):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(f))
-        real_save(obj, f, *args, **kwargs)
+    def full_disk(path: Path, data: Any) -> None:
+        if "gen-000002" in path.name:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a write() reports it: no file name
+        real_write(path, data)
 
-    monkeypatch.setattr(torch, "save", full_disk)
+    monkeypatch.setattr(checkpoint, "write_file", full_disk)
     assert main(["run", str(config), "--out", str(tmp_path / "run")]) == 1
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "No space left on device" in line and "gen-000002" in line

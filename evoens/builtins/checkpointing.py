@@ -16,7 +16,7 @@ from evoens import hookimpl
 from evoens.checkpoint import checkpoint_dir, save
 from evoens.errors import RunError
 from evoens.run import Run, run_state
-from evoens.rundir import frozen_settings
+from evoens.rundir import checkpoint_files, frozen_settings
 from evoens.stash import StashKey
 
 log = logging.getLogger("evoens")
@@ -53,9 +53,13 @@ def evoens_generation_end(run: Run, generation: int) -> None:
             save(run.out_dir, run.generation, checkpoint, run.config.checkpoint.keep)
         except OSError as err:
             where = err.filename or checkpoint_dir(run.out_dir)
-            raise RunError(
-                f"cannot write the checkpoint of generation {run.generation}: {where}: {err.strerror or err}; "
+            then = (
                 f"the previous checkpoints are intact: fix the cause, then `evoens resume {run.out_dir}`"
+                if checkpoint_files(run.out_dir)
+                else "there is no earlier checkpoint: fix the cause, then run again with --overwrite"
+            )
+            raise RunError(
+                f"cannot write the checkpoint of generation {run.generation}: {where}: {err.strerror or err}; {then}"
             ) from err
 
 

@@ -5,6 +5,7 @@ reporter that raises is named in a warning, switched off, and the run goes on.""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from evoens import Provider, hookimpl
+from evoens.errors import PluginError
 from evoens.kinds import Reporter
 from evoens.run import Run
 from evoens.stash import StashKey
@@ -48,9 +50,18 @@ class JsonlReporter:
         finite = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
         line = (json.dumps(finite) + "\n").encode()
         # one unbuffered write of the whole line: a crash leaves whole lines (or, at worst during the
-        # write itself, a torn tail that the next resume drops), never a line split across writes
+        # write itself, a torn tail that the next resume drops), never a line split across writes;
+        # a short write (a full disk) is taken back, so the file still ends in a whole line
         with self.path.open("ab", buffering=0) as f:
-            f.write(line)
+            size = f.tell()
+            try:
+                written = f.write(line)
+            except OSError:
+                f.truncate(size)
+                raise
+            if written != len(line):
+                f.truncate(size)
+                raise OSError(errno.ENOSPC, f"only {written} of {len(line)} bytes written", str(self.path))
 
     def close(self) -> None:
         pass
@@ -244,7 +255,14 @@ def evoens_run_start(run: Run) -> None:
     active: dict[str, Reporter] = {}
     run.stash[ACTIVE] = active  # filled one by one: run_end closes whatever was opened
     for name in names:
-        active[name] = run.registry.create("reporter", name, run)
+        provider = run.registry.get("reporter", name)
+        try:
+            active[name] = provider.factory(run)
+        except Exception as exc:  # named by the reporter's own plugin, not by this one
+            raise PluginError(
+                f"reporter '{name}' (plugin '{provider.plugin}') failed to start: {type(exc).__name__}: {exc}; "
+                f"fix it, or leave '{name}' out of the config's reporters"
+            ) from exc
 
 
 @hookimpl
