@@ -100,7 +100,7 @@ class GatedLinear(nn.Linear):
         return float(self.x0.detach().clamp(0, self.out_features))
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, k={float(self.k):g}, x0={float(self.x0):.4g}"
+        return f"{super().extra_repr()}, k={float(self.k):g}, x0={float(self.x0.detach()):.4g}"
 
 
 def gate_param_groups(model: nn.Module, lr_x0: float = 1.0, weight_decay: float = 0.0) -> list[dict[str, Any]]:

@@ -47,7 +47,8 @@ def r2r_units(weight: Tensor, bias: Tensor | None, consumer: Tensor, n: int,
         plain[0].weight.copy_(weight)
         plain[0].bias.copy_(bias if bias is not None else torch.zeros(width))
         plain[2].weight.copy_(consumer)
-    wide, _ = widen(plain, "0", "r2r", amount=n, check=False, generator=generator)
+    probe = torch.zeros(1, fan_in, dtype=weight.dtype, device=weight.device)  # check=False: never compared
+    wide, _ = widen(plain, "0", "r2r", amount=n, check=False, probe=probe, generator=generator)
     return wide[0].weight[width:].detach(), wide[0].bias[width:].detach(), wide[2].weight[:, width:].detach()
 
 
