@@ -6,15 +6,15 @@ import math
 
 import pytest
 import torch
-from torch import nn
-from torch.func import functional_call
-
-from evoens.population import Population
 from evoens_hypernet.generator import GeneratorTooLarge, check_memory
 from evoens_hypernet.meta import MetaTerms, inner_targets, meta_loss, plain_evaluate, pull_loss
 from evoens_hypernet.models import vq_cnn
 from evoens_hypernet.refiner import VQRefiner
 from evoens_hypernet.space import WeightSpace, fan_in_scale
+from torch import nn
+from torch.func import functional_call
+
+from evoens.population import Population
 
 
 def small_space() -> WeightSpace:
