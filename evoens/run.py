@@ -6,6 +6,7 @@ branch per dataset, model, trainer or searcher.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from collections.abc import Callable
@@ -68,6 +69,10 @@ class Run:
     started: float = field(default_factory=time.perf_counter)
     summary: dict[str, Any] = field(default_factory=dict)
     stash: Stash = field(default_factory=Stash)
+    #: Plugins' state that checkpoints carry and resume restores (the stash does not survive a
+    #: process): one dict per plugin, under its name, of tensors and plain values (bool, int,
+    #: float, str, lists and dicts of them), e.g. the watchdog's count of non-finite generations.
+    persisted: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def config(self) -> RunConfig:
@@ -237,6 +242,7 @@ def run_state(run: Run) -> dict[str, Any]:
         "trainer": run.trainer.state_dict(),
         "batcher": run.batcher.state_dict(),
         "rng": rng_state(),
+        "plugins": copy.deepcopy(run.persisted),
     }
 
 
@@ -247,6 +253,7 @@ def restore_run(run: Run, state: dict[str, Any]) -> None:
     set_rng_state(state["rng"])
     run.generation = state["generation"]
     run.best_fitness = state["best_fitness"]
+    run.persisted = copy.deepcopy(state.get("plugins", {}))  # older checkpoints have none
 
 
 def split_accuracy(forward: Callable[[torch.Tensor], torch.Tensor], split: Split, chunk: int = 1024) -> torch.Tensor:

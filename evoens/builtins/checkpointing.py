@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Generator
 from typing import Any
 
 from evoens import hookimpl
@@ -48,24 +49,34 @@ def evoens_generation_end(run: Run, generation: int) -> None:
     every = run.config.checkpoint.every
     last = run.generation >= run.config.generations
     if state["signal"] or last or (every and (generation + 1) % every == 0):
-        try:
-            checkpoint = {**run_state(run), "config": frozen_settings(run.config)}
-            save(run.out_dir, run.generation, checkpoint, run.config.checkpoint.keep)
-        except OSError as err:
-            where = err.filename or checkpoint_dir(run.out_dir)
-            then = (
-                f"the previous checkpoints are intact: fix the cause, then `evoens resume {run.out_dir}`"
-                if checkpoint_files(run.out_dir)
-                else "there is no earlier checkpoint: fix the cause, then run again with --overwrite"
-            )
-            raise RunError(
-                f"cannot write the checkpoint of generation {run.generation}: {where}: {err.strerror or err}; {then}"
-            ) from err
+        _save(run)
 
 
-@hookimpl
-def evoens_should_stop(run: Run) -> bool | None:
-    return True if run.stash[STATE]["signal"] else None
+@hookimpl(wrapper=True)
+def evoens_should_stop(run: Run) -> Generator[None, bool | None, bool | None]:
+    """Stop after a signal; and a run that stops early for any reason (a plugin's early stopping,
+    a signal after this generation's checkpoint) still ends with a checkpoint of its last generation."""
+    stop = (yield) or (True if run.stash[STATE]["signal"] else None)
+    if stop and run.stash[STATE].get("saved") != run.generation:
+        _save(run)
+    return stop
+
+
+def _save(run: Run) -> None:
+    try:
+        checkpoint = {**run_state(run), "config": frozen_settings(run.config)}
+        save(run.out_dir, run.generation, checkpoint, run.config.checkpoint.keep)
+    except OSError as err:
+        where = err.filename or checkpoint_dir(run.out_dir)
+        then = (
+            f"the previous checkpoints are intact: fix the cause, then `evoens resume {run.out_dir}`"
+            if checkpoint_files(run.out_dir)
+            else "there is no earlier checkpoint: fix the cause, then run again with --overwrite"
+        )
+        raise RunError(
+            f"cannot write the checkpoint of generation {run.generation}: {where}: {err.strerror or err}; {then}"
+        ) from err
+    run.stash[STATE]["saved"] = run.generation
 
 
 @hookimpl

@@ -11,19 +11,18 @@ no host synchronisation to the trainer's step:
   :class:`Diverged`: status ``"diverged"`` in summary.json, one line, exit code 1.
 
 It runs before the checkpoint plugin's ``evoens_generation_end``, so a diverged generation is never
-checkpointed over the last good ones.
+checkpointed over the last good ones. Its count lives in ``run.persisted``, which checkpoints carry:
+a resumed run stops at the same generation as the uninterrupted one.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from evoens import hookimpl
 from evoens.errors import RunError
-from evoens.stash import StashKey
 
 if TYPE_CHECKING:
     from evoens.run import Run
@@ -39,16 +38,11 @@ class Diverged(RunError):
     status = "diverged"
 
 
-@dataclass
-class Watch:
-    """One run's watch: the current streak of all-non-finite generations, and whether a partly
-    non-finite generation was reported already."""
-
-    streak: int = 0
-    warned_partial: bool = False
-
-
-WATCH = StashKey[Watch]()
+def _watch(run: Run) -> dict[str, Any]:
+    """One run's watch, carried by its checkpoints (so a resumed run stops exactly where the
+    uninterrupted one would): ``streak``, the current run of all-non-finite generations, and
+    ``warned_partial``, whether a partly non-finite generation was reported already."""
+    return run.persisted.setdefault("watchdog", {"streak": 0, "warned_partial": False})
 
 
 def all_nonfinite(stats: dict[str, Any], popsize: int) -> bool:
@@ -64,29 +58,29 @@ def all_nonfinite(stats: dict[str, Any], popsize: int) -> bool:
 
 @hookimpl(tryfirst=True)
 def evoens_generation_end(run: Run, generation: int, stats: dict[str, Any]) -> None:
-    watch = run.stash.setdefault(WATCH, Watch())
+    watch = _watch(run)
     popsize, bad = run.config.trainer.popsize, int(stats.get("nonfinite", 0))
     if not all_nonfinite(stats, popsize):
-        watch.streak = 0
-        if bad and not watch.warned_partial:
-            watch.warned_partial = True
+        watch["streak"] = 0
+        if bad and not watch["warned_partial"]:
+            watch["warned_partial"] = True
             log.warning(
                 "generation %d: %d evaluations gave a non-finite fitness (NaN/inf; popsize %d); those members rank "
                 "as the worst (warned once per run; each generation's 'nonfinite' statistic counts them)",
                 generation, bad, popsize,
             )  # fmt: skip
         return
-    watch.streak += 1
+    watch["streak"] = streak = watch["streak"] + 1
     limit = run.config.watchdog.diverge_after
     last = generation + 1 >= run.config.generations
-    if limit and (watch.streak >= limit or last):
-        first = generation - watch.streak + 1
-        span = f"generation {generation}" if watch.streak == 1 else f"generations {first}-{generation}"
+    if limit and (streak >= limit or last):
+        first = generation - streak + 1
+        span = f"generation {generation}" if streak == 1 else f"generations {first}-{generation}"
         raise Diverged(
-            f"the run diverged: no member had a finite fitness in {span} ({watch.streak} in a row, "
+            f"the run diverged: no member had a finite fitness in {span} ({streak} in a row, "
             f"watchdog.diverge_after = {limit}); {CHECK}"
         )
     log.warning(
         "generation %d: no member has a finite fitness (%d NaN/inf values; %d in a row%s); %s",
-        generation, bad, watch.streak, f", the run stops after {limit}" if limit else "", CHECK,
+        generation, bad, streak, f", the run stops after {limit}" if limit else "", CHECK,
     )  # fmt: skip
