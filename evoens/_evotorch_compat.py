@@ -60,6 +60,7 @@ CHECKED_AGAINST: tuple[str, ...] = ("0.6.1",)
 # --- Problem: the private methods evoens.evolution.PopulationProblem overrides -----------------
 
 PROBLEM_HOOKS: dict[str, tuple[str, ...]] = {
+    "_evaluate_all": ("self", "batch"),
     "_evaluate_batch": ("self", "batch"),
     "_fill": ("self", "values"),
     "_get_best_and_worst": ("self", "batch"),
@@ -68,7 +69,8 @@ PROBLEM_HOOKS: dict[str, tuple[str, ...]] = {
 }
 """Private ``Problem`` methods a subclass overrides, with the parameters EvoTorch calls them with.
 
-Checked against 0.6.1: ``evaluate`` -> ``_evaluate_all`` -> ``_evaluate_batch(batch)`` (no Ray
+Checked against 0.6.1: ``evaluate`` -> ``_evaluate_all(batch)`` (after ``before_eval_hook``, before
+``after_eval_hook``; evoens's Ray actors take over here) -> ``_evaluate_batch(batch)`` (no Ray
 actors); ``generate_batch`` -> ``generate_values`` -> ``_fill(values)``; ``evaluate`` merges the
 dict ``_get_best_and_worst(batch)`` returns into ``problem.status`` (main process only);
 ``_sync_before`` sends ``_make_sync_data_for_actors()`` to every actor's
@@ -188,7 +190,7 @@ SKIP_ATTRIBS: frozenset[str] = frozenset(
         "DISTRIBUTION_TYPE",  # PGPE: set per instance (symmetric or not)
         *LAZY_REPORTER_ATTRIBS,
         "_first_step_datetime",  # SearchAlgorithm: wall clock of the first step
-        "_actors",  # Problem: Ray actor handles
+        "_actors",  # Problem: Ray actor handles (unused: evoens.distributed runs its own pool)
         "_actor_pool",
     }
 )

@@ -4,10 +4,11 @@ EvoTorch's stock ``SupervisedNE`` evaluates one solution at a time (``fill_param
 network, a Python loop). Here the whole ``(N, D)`` batch of sampled solutions becomes one
 :class:`~evoens.population.Population` and is evaluated in a single batched forward, while the
 search itself (SNES, XNES, PGPE, CMA-ES, CEM, GA, ranking, optimizers) stays EvoTorch's own.
-EvoTorch's ``num_actors`` passes straight through, so Ray spreads evaluation over processes and
-machines; inside an actor the evaluation is the pure-torch default: in the main process the
-candidates still pass ``evoens_after_ask`` before and ``evoens_after_evaluate`` after it (without
-outputs, which stay in the actors), while ``evoens_evaluate`` is not called.
+With ``trainer.num_actors`` the evaluation runs in EvoTorch's Ray ``EvaluationActor``s, on this
+machine or a cluster: :mod:`evoens.distributed` starts them at the first generation (the plugins
+that take part in evaluation run inside them, or the run refuses actors) and splits each
+generation's solutions over them; the main process still runs ``evoens_after_ask`` before and
+``evoens_after_evaluate`` after it (without outputs, which stay in the actors).
 
 Reference: Toklu et al., "EvoTorch: Scalable Evolutionary Computation in Python", 2023
 (arXiv:2302.12600).
@@ -16,7 +17,9 @@ Reference: Toklu et al., "EvoTorch: Scalable Evolutionary Computation in Python"
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,6 +30,7 @@ from evoens import _evotorch_compat as compat
 from evoens.candidates import Candidates, Evaluation
 from evoens.checkpoint import object_state, restore_object
 from evoens.datasets import Batcher
+from evoens.errors import UserError
 from evoens.fitness import FitnessFn, fitness_stats, sanitize
 from evoens.phases import Batch, Evaluate, Phases
 from evoens.population import Population, module_to_flat
@@ -34,6 +38,18 @@ from evoens.population import Population, module_to_flat
 logging.getLogger("evotorch").setLevel(logging.WARNING)  # one INFO line per Problem otherwise
 
 SearcherFactory = Callable[[Problem, int, Mapping[str, Any], torch.Tensor], Any]
+
+
+@dataclass
+class Remote:
+    """The Ray side of a problem (never checkpointed: a plain object, skipped by the walker)."""
+
+    wanted: int | str = 0  # trainer.num_actors
+    pool: Any = None  # in the main process: the running evoens.distributed.ActorPool
+    actor: Any = None  # inside an actor: its plugins, run view and device (evoens.distributed.ActorSide)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"wanted": self.wanted, "pool": None, "actor": None}  # actors get no handles
 
 
 class PopulationProblem(Problem):
@@ -46,7 +62,7 @@ class PopulationProblem(Problem):
     ``batch`` is the current ``(x, y)`` minibatch, shared by all solutions of a generation and
     sent to Ray actors through EvoTorch's sync mechanism. ``evaluate`` (main process only) is the
     generation's :class:`~evoens.phases.Evaluate` (the plugin phases); without it the default
-    evaluation runs.
+    evaluation runs. ``remote`` holds the Ray side (:class:`Remote`).
     """
 
     def __init__(
@@ -66,6 +82,8 @@ class PopulationProblem(Problem):
         self.max_chunk = max_chunk
         self.batch: Batch | None = None
         self.evaluate_phases: Evaluate | None = None
+        self.remote = Remote(num_actors or 0)
+        self.generation = 0
         super().__init__(
             "max",
             solution_length=sum(p.numel() for p in template.parameters()),
@@ -73,7 +91,7 @@ class PopulationProblem(Problem):
             dtype=torch.float32,
             device=device,
             seed=seed,
-            num_actors=num_actors or None,
+            num_actors=None,  # evoens.distributed runs the actors (EvoTorch's EvaluationActor)
             store_solution_stats=False,  # EvoTorch's best/worst tracking syncs with the host; see below
         )
         self.best_eval = torch.tensor(float("-inf"), device=self.device)  # () best fitness seen
@@ -81,7 +99,9 @@ class PopulationProblem(Problem):
 
     @property
     def _nonserialized_attribs(self) -> list[str]:
-        return compat.nonserialized_attribs(super(), "evaluate_phases")
+        # what an actor must not receive: the main process's phases and actors, and the fitness
+        # function and minibatch (an actor builds the former from its plugins, gets the latter per share)
+        return compat.nonserialized_attribs(super(), "evaluate_phases", "fitness_fn", "batch")
 
     def seed(self, seed: int | None = None) -> None:
         """EvoTorch's Ray actors call ``problem.seed()``; see ``evoens._evotorch_compat.seed_problem``."""
@@ -106,6 +126,32 @@ class PopulationProblem(Problem):
     def _use_sync_data_from_main(self, received: Any) -> None:
         self.batch = received
 
+    def setup_actor(self, manifest: Any, config: Any) -> str:
+        """Inside a Ray actor, once: its plugins, threads, device (evoens.distributed)."""
+        from evoens import distributed
+
+        return distributed.setup_actor(self, manifest, config)
+
+    def evaluate_share(self, values: torch.Tensor, batch: Any, generation: int) -> tuple[torch.Tensor, float]:
+        """Inside a Ray actor: the sanitized ``(n,)`` fitness of ``(n, D)`` solutions, through the
+        plugins' ``evoens_evaluate`` (the core's applies the configured fitness), and the seconds it took."""
+        from evoens.phases import as_evaluation
+
+        started = time.perf_counter()
+        if not isinstance(batch, tuple):  # a Ray object reference, resolved once per share
+            import ray
+
+            batch = ray.get(batch)
+        device = self.remote.actor.device
+        x, y = (t.to(device) for t in batch)
+        candidates = self.candidates_of(values.to(device))
+        with torch.no_grad():
+            result = self.remote.actor.pm.hook.evoens_evaluate(
+                run=self.remote.actor.run, generation=generation, candidates=candidates, batch=(x, y)
+            )
+            clean = sanitize(as_evaluation(result).fitness.detach())[0]  # (n,)
+        return clean.to("cpu", values.dtype), time.perf_counter() - started
+
     def candidates_of(self, values: torch.Tensor) -> Candidates:
         """The ``(N, D)`` solutions as one species of the template (a view: no copy)."""
         return Candidates([Population(self.template, values, strategy=self.strategy, max_chunk=self.max_chunk)])
@@ -118,6 +164,21 @@ class PopulationProblem(Problem):
         # (PyTorch's default init), not from uniform noise.
         fresh = Population.from_module(self.template, values.shape[0], generator=self.generator)
         values.copy_(fresh.flat)
+
+    def _evaluate_all(self, batch: SolutionBatch) -> None:
+        pool = self.remote.pool
+        if pool is None:
+            super()._evaluate_all(batch)
+            return
+        values = batch.values.as_subclass(torch.Tensor)  # (N, D)
+        phases = self.evaluate_phases if isinstance(self.evaluate_phases, Phases) else None
+        candidates = self.candidates_of(values)
+        if phases is not None:
+            phases.after_ask(candidates)  # may edit the values in place, before they are sent
+        clean = pool.evaluate(values, self.batch, self.generation)  # (N,) sanitized in the actors
+        if phases is not None:
+            phases.after_evaluate(candidates, Evaluation(clean), self.batch)  # type: ignore[arg-type]
+        batch.set_evals(clean.to(values.dtype))
 
     def _evaluate_batch(self, batch: SolutionBatch) -> None:
         if self.batch is None:
@@ -141,27 +202,24 @@ class EvolutionTrainer:
         self.problem = problem
         self.searcher = searcher
         self.batcher = batcher
-        self._phases: Phases | None = None  # this generation's, for evaluations in Ray actors
-        if problem.num_actors:
-            self._attach_remote_phases()
 
-    def _attach_remote_phases(self) -> None:
-        """With Ray actors the evaluation runs remotely, where no plugin lives: the main process
-        still runs the phases around it, through EvoTorch's own evaluation hooks."""
-        problem = self.problem
+    def _start_actors(self, evaluate: Evaluate) -> None:
+        """With ``trainer.num_actors``, start the Ray actors at the first generation (the run's
+        plugins and config come with the engine's phases); the last generation closes them."""
+        if not isinstance(evaluate, Phases):
+            raise UserError(
+                f"trainer.num_actors = {self.problem.remote.wanted!r} needs a run (evoens run): the actors import "
+                "its plugins"
+            )
+        from evoens import distributed
 
-        def before(batch: SolutionBatch) -> None:
-            if self._phases is not None:
-                self._phases.after_ask(problem.candidates_of(batch.access_values(keep_evals=True)))
+        self.problem.remote.pool = distributed.start(self.problem, evaluate.run)
 
-        def after(batch: SolutionBatch) -> None:
-            if self._phases is not None:
-                fitness = batch.evals[:, 0].as_subclass(torch.Tensor)  # (N,) sanitized in the actors
-                candidates = problem.candidates_of(batch.values.as_subclass(torch.Tensor))
-                self._phases.after_evaluate(candidates, Evaluation(fitness), problem.batch)  # type: ignore[arg-type]
-
-        problem.before_eval_hook.append(before)
-        problem.after_eval_hook.append(after)
+    def close(self) -> None:
+        """Stop the Ray actors, if any (the run's last generation does it, so does the next run)."""
+        if self.problem.remote.pool is not None:
+            self.problem.remote.pool.close()
+            self.problem.remote.pool = None
 
     def _stats(self) -> dict[str, Any]:
         population = self.searcher.population
@@ -174,13 +232,16 @@ class EvolutionTrainer:
 
     def step(self, generation: int, evaluate: Evaluate) -> dict[str, Any]:
         self.problem.batch = self.batcher.next()
-        remote = bool(self.problem.num_actors)
-        self._phases = evaluate if remote and isinstance(evaluate, Phases) else None
-        self.problem.evaluate_phases = None if remote else evaluate
+        self.problem.generation = generation
+        if self.problem.remote.wanted and self.problem.remote.pool is None:
+            self._start_actors(evaluate)
+        self.problem.evaluate_phases = evaluate
         try:
             self.searcher.step()
         finally:
-            self.problem.evaluate_phases, self._phases = None, None
+            self.problem.evaluate_phases = None
+        if isinstance(evaluate, Phases) and generation + 1 >= evaluate.run.config.generations:
+            self.close()
         return self._stats()
 
     def state_dict(self) -> dict[str, Any]:
