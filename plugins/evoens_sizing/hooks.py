@@ -50,7 +50,11 @@ def _sizing_trainer(run: Any, options: Any) -> Any:
         )
     t = run.config.trainer
     probe = run.data.train.x[: options.probe_examples]
-    strategy = "vmap" if t.strategy == "auto" else t.strategy
+    strategy = t.strategy
+    if strategy == "auto":  # the batched GEMMs when this run registered them, else the generic vmap
+        from evoens.strategies import STRATEGIES
+
+        strategy = "sizing_bmm" if "sizing_bmm" in STRATEGIES else "vmap"
     return SizingTrainer(run.template, t.popsize, options, lr=t.lr, batcher=run.batcher, device=run.device,
                          seed=run.config.seed, weight_decay=t.weight_decay, probe=probe,
                          strategy=strategy)  # fmt: skip
@@ -78,6 +82,9 @@ def evoens_register_providers() -> Iterator[Provider]:
     yield Provider("trainer", "sizing", _sizing_trainer,
                    "a population learning its layer sizes: switches (L1) or gates, compaction, R2R growth",
                    options=SizingOptions)  # fmt: skip
+    from evoens_sizing.strategy import SizingBMM
+
+    yield Provider("strategy", "sizing_bmm", SizingBMM, "switch / gated / plain MLP populations as batched GEMMs")
     yield Provider("reporter", "sizing", _CapacityReporter, "per-member capacity and dead units per layer (tb)")
 
 

@@ -88,7 +88,7 @@ class SizingTrainer:
         flat = Population.from_module(template, popsize, generator=generator).flat  # (P, D)
         self._build(template.to(device), flat.to(device))
         self.grow_generator = torch.Generator().manual_seed(seed + 1)
-        self.alive_before = self._alive()
+        self.live_at_check = {k: a.sum(1) for k, a in self._alive().items()}  # (P,) per switch layer
 
     # ------------------------------------------------------------------ state
     def _build(self, template: nn.Module, flat: Tensor, moments: tuple[Tensor, Tensor, Tensor] | None = None) -> None:
@@ -229,7 +229,6 @@ class SizingTrainer:
         layout = flat_layout(template)
         new_moments = None if moments is None else (moments[0], _as_flat(cut[1], layout), _as_flat(cut[2], layout))
         self._build(template, _as_flat(cut[0], layout), new_moments)
-        self.alive_before = self._alive()
 
     def dead_units(self) -> dict[str, Tensor]:
         """Per switch layer, every member's units with zero activation variance on the probe: (P, N)."""
@@ -248,20 +247,21 @@ class SizingTrainer:
         return found
 
     def maybe_grow(self) -> bool:
-        """Widen (R2R) every switch layer on which some member is saturated: none of its switches
-        died since the last check and none of its live units is dead on the probe."""
+        """Widen (R2R) every switch layer on which some member is saturated: it has no fewer live
+        switches than at the last check (compaction does not count) and none of its live units is
+        dead on the probe."""
         alive, dead = self._alive(), self.dead_units()
         grew = False
         for name in list(alive):
-            still = ~(self.alive_before.get(name, alive[name]) & ~alive[name]).any(1)  # (P,) no switch died
-            live_dead = dead[name] & alive[name]
-            sat = still & saturated(torch.ones_like(alive[name]), live_dead)  # (P,)
-            n = growth(int(alive[name].sum(1).max()), self.opts.grow_factor, self.opts.max_width)
+            live = alive[name].sum(1)  # (P,)
+            kept = live >= self.live_at_check.get(name, live)  # (P,) no switch lost since the last check
+            sat = kept & saturated(torch.ones_like(alive[name]), dead[name] & alive[name])  # (P,)
+            n = growth(int(live.max()), self.opts.grow_factor, self.opts.max_width)
             n = min(n, (self.opts.max_width - alive[name].shape[1]) // 2 * 2)
             if bool(sat.any()) and n > 0:
                 self._grow_layer(name, sat, n)
                 grew = True
-        self.alive_before = self._alive()
+        self.live_at_check = {k: a.sum(1) for k, a in self._alive().items()}
         return grew
 
     def _grow_layer(self, name: str, grow: Tensor, n: int) -> None:
@@ -307,7 +307,7 @@ class SizingTrainer:
             "flat": self.population.flat.detach().clone(),
             "moments": None if moments is None else [t.clone() for t in moments],
             "lam": self.schedule.lam.clone(),
-            "alive_before": {k: v.clone() for k, v in self.alive_before.items()},
+            "live_at_check": {k: v.clone() for k, v in self.live_at_check.items()},
             "grow_generator": self.grow_generator.get_state(),
         }
 
@@ -317,5 +317,5 @@ class SizingTrainer:
         moments = None if state["moments"] is None else tuple(t.to(self.device) for t in state["moments"])
         self._build(self.template, state["flat"].to(self.device), moments)  # type: ignore[arg-type]
         self.schedule.lam = state["lam"].clone()
-        self.alive_before = {k: v.to(self.device) for k, v in state["alive_before"].items()}
+        self.live_at_check = {k: v.to(self.device) for k, v in state["live_at_check"].items()}
         self.grow_generator.set_state(state["grow_generator"])

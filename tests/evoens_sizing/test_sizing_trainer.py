@@ -1,0 +1,118 @@
+"""The ``sizing`` trainer: one population of per-member masks, compaction and growth that keep
+every member's function and Adam state, the batched-GEMM strategy's parity, and a λ sweep that
+orders the members' sizes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from evoens_sizing.models import sizing_mlp
+from evoens_sizing.strategy import SizingBMM
+from evoens_sizing.trainer import SizingOptions, SizingTrainer
+
+from evoens.datasets.base import Split
+from evoens.datasets.batcher import Batcher
+from evoens.fitness import neg_cross_entropy
+from evoens.phases import standalone
+from evoens.population import Population
+from evoens.strategies import STRATEGIES
+
+
+@pytest.fixture
+def sizing_bmm():
+    STRATEGIES["sizing_bmm"] = SizingBMM()
+    yield "sizing_bmm"
+    STRATEGIES.pop("sizing_bmm", None)
+
+
+def _data(n: int = 256, d: int = 10, c: int = 3) -> Split:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, d, generator=g)
+    y = (x[:, :c].argmax(1)).long()
+    return Split(x, y)
+
+
+def _trainer(hidden: int = 16, popsize: int = 3, **options) -> SizingTrainer:
+    split = _data()
+    net = sizing_mlp((10,), 3, [hidden])
+    opts = SizingOptions(**options)
+    return SizingTrainer(net, popsize, opts, lr=0.05, batcher=Batcher(split, 64, 0), device=torch.device("cpu"),
+                         seed=0, probe=split.x[:128])  # fmt: skip
+
+
+EVALUATE = standalone(lambda cand, batch: cand.evaluate(neg_cross_entropy, batch).fitness)
+
+
+@pytest.mark.parametrize("layer", ["switch", "gated", "plain"])
+def test_sizing_bmm_matches_the_loop_with_gradients(sizing_bmm: str, layer: str) -> None:
+    net = sizing_mlp((2, 3, 3), 4, [7, 5], layer=layer, x0=4.0)
+    flat = Population.from_module(net, 3).flat.requires_grad_(True)
+    x = torch.randn(6, 2, 3, 3)
+    outs, grads = [], []
+    for strategy in ("loop", sizing_bmm):
+        out = Population(net, flat, strategy=strategy)(x)
+        (g,) = torch.autograd.grad(out.pow(2).sum(), flat)
+        outs.append(out)
+        grads.append(g)
+    assert (outs[0] - outs[1]).abs().max() < 1e-5 and (grads[0] - grads[1]).abs().max() < 1e-4
+    assert SizingBMM().why_not(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3))) is not None
+
+
+def test_lambda_is_per_member_and_a_larger_lambda_prunes_more() -> None:
+    trainer = _trainer(popsize=4, lams=[0.2, 0.0])
+    for g in range(120):
+        trainer.step(g, EVALUATE)
+    cap = trainer.capacity()["0"]
+    assert trainer.schedule.lam.tolist() == pytest.approx([0.2, 0.0, 0.2, 0.0])
+    assert cap[0] < cap[1] and cap[2] < cap[3] and cap[1] == 16 and cap[3] == 16
+
+
+def test_trainer_compaction_keeps_outputs_and_adam_moments() -> None:
+    trainer = _trainer(popsize=3)
+    for g in range(3):
+        trainer.step(g, EVALUATE)
+    with torch.no_grad():
+        theta = trainer.population.params["0.theta"]
+        theta[:, 8:] = -1.0
+        theta[1, :4] = -1.0
+    x = torch.randn(20, 10)
+    before = trainer.population(x)
+    m1_before = trainer.optimizer.state[trainer.population.flat]["exp_avg"].clone()
+    w_before = m1_before[:, : 16 * 10].reshape(3, 16, 10)  # moments of 0.weight
+    assert trainer.maybe_compact()
+    assert trainer.physical_widths() == {"0": 8}
+    assert (trainer.population(x) - before).abs().max() < 1e-6
+    m1 = trainer.optimizer.state[trainer.population.flat]["exp_avg"]
+    torch.testing.assert_close(m1[0, : 8 * 10].reshape(8, 10), w_before[0, :8])
+    torch.testing.assert_close(m1[1, : 4 * 10].reshape(4, 10), w_before[1, 4:8])  # live units first
+    trainer.step(3, EVALUATE)  # and training goes on with the smaller tensors
+
+
+def test_growth_widens_saturated_members_without_changing_any_function() -> None:
+    trainer = _trainer(hidden=4, popsize=2, grow_factor=2.0, max_width=64)
+    with torch.no_grad():
+        trainer.population.params["0.theta"][1, 0] = -1.0  # member 1 lost a unit: not saturated
+    assert trainer.live_at_check["0"].tolist() == [4, 4]
+    x = torch.randn(20, 10)
+    before = trainer.population(x)
+    dead = trainer.dead_units()["0"]
+    grew = trainer.maybe_grow()
+    after = trainer.population(x)
+    if dead[0].any():
+        pytest.skip("member 0 has a dead ReLU at init on this probe")
+    assert grew and trainer.physical_widths() == {"0": 8}
+    assert (after - before).abs().max() < 1e-5
+    alive = trainer.population.params["0.theta"] > 0
+    assert alive[0].sum() == 8 and alive[1].sum() == 3  # member 1 got dead fillers only
+
+
+def test_members_are_compacted_into_species_by_width() -> None:
+    trainer = _trainer(popsize=3)
+    with torch.no_grad():
+        theta = trainer.population.params["0.theta"]
+        theta[0, :5] = -1.0
+        theta[2, :5] = -1.0
+    cands = trainer.candidates()
+    x = torch.randn(15, 10)
+    assert sorted(p.template[0].out_features for p in cands.species) == [11, 16]
+    assert (cands.logits(x) - trainer.population(x)).abs().max() < 1e-5
