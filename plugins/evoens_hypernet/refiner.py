@@ -75,9 +75,9 @@ class VQRefiner(Generator):
             raise ValueError(f"codes must be integer (N, T={self.stages}), got {tuple(codes.shape)} {codes.dtype}")
 
     # ------------------------------------------------------------------ one stage
-    def _hidden(self, t: int, u: Tensor, token: Tensor | None = None,
+    def _hidden(self, e: Tensor, u: Tensor, token: Tensor | None = None,
                 deferred: DeferredWeights | None = None) -> Tensor:  # fmt: skip
-        e = self.stage_embedding[t]  # (H,)
+        """The refiner's hidden state for rows ``u`` (N, D) at the stage of embedding ``e`` (H,): ``(N, H)``."""
         if deferred is None:
             h = self.in_layer(u) + e  # (N, H)
         else:
@@ -90,16 +90,15 @@ class VQRefiner(Generator):
         if self.refiner == "bias":
             o = self.biases[t].expand(N, K, D)  # (N, K, D)
         else:
-            o = self.out_layer(self._hidden(t, u)).view(N, K, D) + self.biases[t]  # (N, K, D)
+            o = self.out_layer(self._hidden(self.stage_embedding[t], u)).view(N, K, D) + self.biases[t]  # (N, K, D)
         return self.output_scales[t] * o + u[:, None, :]
 
-    def step(self, t: int, u: Tensor, z: Tensor, b: Tensor, token: Tensor | None = None,
+    def step(self, u: Tensor, z: Tensor, b: Tensor, e: Tensor, sigma: Tensor, token: Tensor | None = None,
              deferred: DeferredWeights | None = None) -> Tensor:  # fmt: skip
-        """Stage ``t`` with choices ``z`` (N,) and their biases ``b = b_{t, z}`` (N, D):
-        ``u + σ_t · o_{t, z}(u)`` ``(N, D)``, computing only the chosen blocks of the output layer."""
-        if self.refiner == "bias":
-            return u + self.output_scales[t] * b
-        h = self._hidden(t, u, token, deferred)  # (N, H)
+        """One stage of the MLP refiner with choices ``z`` (N,), their biases ``b = b_{t, z}`` (N, D), the
+        stage's embedding ``e`` (H,) and scale ``sigma`` (): ``u + σ_t · o_{t, z}(u)`` ``(N, D)``,
+        computing only the chosen blocks of the output layer."""
+        h = self._hidden(e, u, token, deferred)  # (N, H)
         D = self.space.dim
         o = torch.zeros_like(u)  # (N, D)
         for k in range(self.options):
@@ -112,7 +111,7 @@ class VQRefiner(Generator):
             else:
                 out = deferred.linear(token, "out", h.index_select(0, rows), block)  # (n_k, D)
             o = o.index_copy(0, rows, out)
-        return u + self.output_scales[t] * (o + b)
+        return u + sigma * (o + b)
 
     # ------------------------------------------------------------------ decode / encode
     def decode(self, codes: Tensor, *, return_sequence: bool = False) -> Tensor:
@@ -122,13 +121,18 @@ class VQRefiner(Generator):
         N, T, K, D = codes.shape[0], self.stages, self.options, self.space.dim
         stage_rows = torch.arange(T, device=self.device) * K + codes  # (N, T) rows of biases (T*K, D)
         chosen = self.biases.view(T * K, D).index_select(0, stage_rows.reshape(-1)).view(N, T, D)  # b_{t, z_t}
+        if self.refiner == "bias":  # the closed form, one op: u_t = Σ_{s<t} σ_s b_{s, z_s}
+            steps = self.output_scales[None, :, None] * chosen  # (N, T, D)
+            return steps.cumsum(1) if return_sequence else steps.sum(1)
+        # Per-stage slices through unbind: ONE gradient buffer for all stages, not a full-size one each.
+        b_t, e_t, sigma_t = chosen.unbind(1), self.stage_embedding.unbind(0), self.output_scales.unbind(0)
         u = torch.zeros(N, D, device=self.device, dtype=self.biases.dtype)  # (N, D)
-        grad = torch.is_grad_enabled() and self.refiner != "bias"
+        grad = torch.is_grad_enabled()
         deferred = self._deferred() if grad and self.deferred_grads else None
         token = deferred.token() if deferred is not None else None
         sequence = []
         for t in range(T):
-            args = (t, u, codes[:, t], chosen[:, t], token, deferred)
+            args = (u, codes[:, t], b_t[t], e_t[t], sigma_t[t], token, deferred)
             u = checkpoint(self.step, *args, use_reentrant=False) if grad and self.use_checkpoint else self.step(*args)
             if return_sequence:
                 sequence.append(u)
