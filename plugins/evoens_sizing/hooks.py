@@ -1,6 +1,7 @@
 """The evoens_sizing plugin's hooks: the ``sizing_mlp`` model, the ``sizing`` trainer, the
-``sizing`` reporter (per-member capacity to tensorboardX), and, after a sizing run, each member's
-size and accuracy with the Pareto front across lambda in ``summary.json`` (and ``sizing_pareto.png``)."""
+``sizing_bmm`` forward strategy; during a sizing run with the ``tensorboard`` reporter, per-member
+capacity and dead units per layer to ``DIR/sizing_tb``; after it, each member's size and accuracy
+with the Pareto front across lambda in ``summary.json`` (and ``sizing_pareto.png``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 import torch
 
-from evoens import Provider, hookimpl
+from evoens import Provider, StashKey, hookimpl
 from evoens.config import ConfigError, option
 
 
@@ -40,12 +41,14 @@ def _sizing_mlp(input_shape: tuple[int, ...], num_outputs: int, cfg: Any) -> tor
 
 
 def _sizing_trainer(run: Any, options: Any) -> Any:
-    from evoens_sizing.models import sized_layers
+    from evoens_sizing.models import sized_layers, with_switches
     from evoens_sizing.trainer import SizingTrainer
 
-    if not sized_layers(run.template):
+    template = run.template if sized_layers(run.template) else with_switches(run.template)
+    if template is None:
         raise ConfigError(
-            f"trainer 'sizing' needs switch or gated layers, but model '{run.config.model.name}' has none; "
+            f"trainer 'sizing' needs switch or gated layers, or an MLP whose hidden Linears it can switch (each "
+            f"followed by relu/tanh/gelu/identity), but model '{run.config.model.name}' has neither; "
             "use model.name = 'sizing_mlp'"
         )
     t = run.config.trainer
@@ -55,22 +58,18 @@ def _sizing_trainer(run: Any, options: Any) -> Any:
         from evoens.strategies import STRATEGIES
 
         strategy = "sizing_bmm" if "sizing_bmm" in STRATEGIES else "vmap"
-    return SizingTrainer(run.template, t.popsize, options, lr=t.lr, batcher=run.batcher, device=run.device,
+    return SizingTrainer(template, t.popsize, options, lr=t.lr, batcher=run.batcher, device=run.device,
                          seed=run.config.seed, weight_decay=t.weight_decay, probe=probe,
                          strategy=strategy)  # fmt: skip
 
 
-class _CapacityReporter:
-    def __init__(self, run: Any) -> None:
-        from evoens_sizing.report import CapacityWriter
+WRITER = StashKey[Any]()  # the run's CapacityWriter, when it has one
 
-        self.writer = CapacityWriter(run.out_dir / "sizing_tb")
 
-    def report(self, generation: int, stats: dict[str, Any]) -> None:
-        self.writer.report(generation, stats)
+def _is_sizing(run: Any) -> bool:
+    from evoens_sizing.trainer import SizingTrainer
 
-    def close(self) -> None:
-        self.writer.close()
+    return isinstance(run.trainer, SizingTrainer)
 
 
 @hookimpl
@@ -85,15 +84,32 @@ def evoens_register_providers() -> Iterator[Provider]:
     from evoens_sizing.strategy import SizingBMM
 
     yield Provider("strategy", "sizing_bmm", SizingBMM, "switch / gated / plain MLP populations as batched GEMMs")
-    yield Provider("reporter", "sizing", _CapacityReporter, "per-member capacity and dead units per layer (tb)")
+
+
+@hookimpl
+def evoens_report(run: Any, generation: int, stats: dict[str, Any]) -> None:
+    """With the ``tensorboard`` reporter on, a sizing run also writes ``DIR/sizing_tb``: per layer one
+    chart with every member's capacity, and the dead units when the trainer measured them."""
+    if "tensorboard" not in run.config.reporters or not _is_sizing(run):
+        return
+    if WRITER not in run.stash:
+        from evoens_sizing.report import CapacityWriter
+
+        run.stash[WRITER] = CapacityWriter(run.out_dir / "sizing_tb", purge_step=generation or None)
+    run.stash[WRITER].report(generation, stats)
+
+
+@hookimpl
+def evoens_run_end(run: Any) -> None:
+    writer = run.stash.get(WRITER, None)
+    if writer is not None:
+        writer.close()
 
 
 @hookimpl
 def evoens_summary(run: Any) -> dict[str, Any] | None:
-    from evoens_sizing.trainer import SizingTrainer
-
     trainer = run.trainer
-    if not isinstance(trainer, SizingTrainer) or run.data.num_classes <= 0:
+    if not _is_sizing(run) or run.data.num_classes <= 0:
         return None
     from evoens.run import split_accuracy
     from evoens_sizing.report import pareto_front, pareto_plot

@@ -60,3 +60,22 @@ def sizing_cnn(input_shape: Sequence[int], num_outputs: int, channels: Sequence[
 def sized_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The (name, module) of every switch or gated layer, in order."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, (SwitchLinear, SwitchConv2d, GatedLinear))]
+
+
+def with_switches(model: nn.Module, mode: str = "strict", init: str = "one") -> nn.Sequential | None:
+    """A copy of an MLP ``nn.Sequential`` whose hidden Linears (each followed by an activation that
+    maps 0 to 0) are switch layers of the same shape and weights; None when there is none."""
+    if not isinstance(model, nn.Sequential):
+        return None
+    layers = list(model.children())
+    out, changed = [], False
+    for i, m in enumerate(layers):
+        nxt = layers[i + 1] if i + 1 < len(layers) else None
+        if type(m) is nn.Linear and type(nxt) in ZERO_AT_ZERO.values():
+            s = SwitchLinear(m.in_features, m.out_features, m.bias is not None, mode=mode, init=init)
+            s.load_state_dict({**m.state_dict(), "theta": s.theta.detach()})
+            out.append(s)
+            changed = True
+        else:
+            out.append(m)
+    return nn.Sequential(*out) if changed else None

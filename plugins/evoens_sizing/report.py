@@ -48,10 +48,10 @@ def pareto_plot(rows: Sequence[dict[str, Any]], path: Path, title: str = "size v
 class CapacityWriter:
     """tensorboardX: per layer one chart of every member's capacity (and dead units when known)."""
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, purge_step: int | None = None) -> None:
         from tensorboardX import SummaryWriter
 
-        self.writer = SummaryWriter(str(log_dir))
+        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)  # a resumed run rewrites its steps
 
     def report(self, generation: int, stats: dict[str, Any]) -> None:
         groups: dict[str, dict[str, float]] = {}

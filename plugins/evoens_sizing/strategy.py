@@ -4,7 +4,7 @@ The core's ``bmm`` strategy (:mod:`evoens.strategies`) in the transposed layout 
 (each layer one ``baddbmm(bias (P,out,1), W (P,out,in), h (P,in,B))`` on views of the flat
 parameters), extended by the per-member unit scales: a switch layer multiplies by ``relu(theta)``
 ``(P, out, 1)``, a gated layer by its gate ``(P, out, 1)``. The generic ``vmap`` runs the same
-networks; this one is parity-tested against the loop and is what ``auto`` finds fastest for them.
+networks; this one is parity-tested against the loop. It leaves plain MLPs to the core's ``bmm``.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ class SizingBMM(Strategy):
     def why_not(self, template: nn.Module) -> str | None:
         if not isinstance(template, nn.Sequential):
             return f"{type(template).__name__} is not an nn.Sequential"
+        if not any(isinstance(m, (SwitchLinear, GatedLinear)) for m in template.children()):
+            return "no switch or gated layer (plain MLPs: the core's 'bmm')"
         for i, (name, m) in enumerate(template.named_children()):
             if isinstance(m, nn.Flatten) and i == 0 and m.start_dim == 1 and m.end_dim == -1:
                 continue

@@ -75,7 +75,24 @@ def test_a_wrong_sizing_setting_is_one_line(tmp_path: Path, capsys: pytest.Captu
 
 def test_a_model_without_sized_layers_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "plain.toml"
-    config.write_text('generations = 2\n[model]\nname = "mlp"\n[trainer]\nname = "sizing"\npopsize = 2\n')
+    config.write_text('generations = 2\n[model]\nname = "mlp"\nactivation = "sigmoid"\n[trainer]\nname = "sizing"\n')
     assert main(["run", str(config), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "trainer 'sizing' needs switch or gated layers" in err
+
+
+def test_a_plain_mlp_gets_switches_on_its_hidden_layers(tmp_path: Path) -> None:
+    from evoens_sizing.models import with_switches
+    from torch import nn
+
+    plain = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
+    switched = with_switches(plain)
+    assert switched is not None and switched[0].capacity() == 7 and type(switched[2]) is nn.Linear
+    x = __import__("torch").randn(4, 5)
+    assert (switched(x) - plain(x)).abs().max() == 0  # theta = 1: the same function
+    config = tmp_path / "mlp.toml"
+    config.write_text('generations = 3\nreporters = []\n[model]\nname = "mlp"\nhidden = [6]\n'
+                      '[trainer]\nname = "sizing"\npopsize = 2\n')  # fmt: skip
+    assert main(["run", str(config), "--out", str(tmp_path / "r")]) == 0
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert [m["size"] for m in summary["sizing"]["members"]] == [6, 6]

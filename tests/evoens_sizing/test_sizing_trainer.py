@@ -43,7 +43,7 @@ def _trainer(hidden: int = 16, popsize: int = 3, **options) -> SizingTrainer:
 EVALUATE = standalone(lambda cand, batch: cand.evaluate(neg_cross_entropy, batch).fitness)
 
 
-@pytest.mark.parametrize("layer", ["switch", "gated", "plain"])
+@pytest.mark.parametrize("layer", ["switch", "gated"])
 def test_sizing_bmm_matches_the_loop_with_gradients(sizing_bmm: str, layer: str) -> None:
     net = sizing_mlp((2, 3, 3), 4, [7, 5], layer=layer, x0=4.0)
     flat = Population.from_module(net, 3).flat.requires_grad_(True)
@@ -56,6 +56,7 @@ def test_sizing_bmm_matches_the_loop_with_gradients(sizing_bmm: str, layer: str)
         grads.append(g)
     assert (outs[0] - outs[1]).abs().max() < 1e-5 and (grads[0] - grads[1]).abs().max() < 1e-4
     assert SizingBMM().why_not(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3))) is not None
+    assert "no switch" in SizingBMM().why_not(sizing_mlp((3,), 2, [4], layer="plain"))
 
 
 def test_lambda_is_per_member_and_a_larger_lambda_prunes_more() -> None:
