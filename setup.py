@@ -48,6 +48,9 @@ setup(
     extras_require={
         "dev": ["pytest>=8", "tox>=4", "ruff", "setuptools>=68", "wheel"],
         "viz": ["tensorboard"],
+        # trainer.num_actors > 0 (evoens.distributed); EvoTorch 0.6 pulls Ray in itself, but evoens
+        # does not rely on that: the default test environments skip what needs it
+        "ray": ["ray>=2.9"],
     },
     entry_points={
         "console_scripts": ["evoens = evoens.cli:main"],

@@ -2,7 +2,9 @@
 actors or the run refuses actors, a plugin missing on a worker is one line, a killed actor is
 replaced (or the run stops resumably), and an actor run equals and resumes like a run without Ray.
 
-The refusals need no Ray; everything else skips without it (``pip install 'evoens[ray]'``).
+The refusals need no Ray; everything else skips without it (``pip install 'evoens[ray]'``). The
+default suite keeps the plugin-in-actor, killed-actor and missing-plugin cases (about 30 s);
+exact resume, max_restarts, the CPU budget and threads are ``slow`` (tox -e slow, about 30 s).
 """
 
 from __future__ import annotations
@@ -180,6 +182,7 @@ def local_ray() -> Iterator[Any]:
         ray.shutdown()
 
 
+@pytest.mark.slow
 def test_an_actor_run_equals_the_run_without_ray_and_resumes_exactly(tmp_path: Path, local_ray: Any) -> None:
     plain = run_inline(config(tmp_path), tmp_path / "plain")
     cfg = config(tmp_path, actors=2, checkpoint={"every": 2})
@@ -223,6 +226,7 @@ def test_a_killed_actor_is_replaced_and_its_share_evaluated_again(
     assert any("generation 1: Ray actor" in r.message and "replaced" in r.message for r in caplog.records)
 
 
+@pytest.mark.slow
 def test_past_max_restarts_the_run_stops_in_one_line_and_resumes(tmp_path: Path, local_ray: Any) -> None:
     plugins = probe_dir(tmp_path)
     local = execute(config(tmp_path), tmp_path / "local", manager(plugins))
@@ -255,6 +259,7 @@ def test_a_plugin_missing_on_the_workers_is_one_line(
     assert "plugin 'onlyhere' (evoens-only-here 1.0) is not installed on the Ray worker" in message
 
 
+@pytest.mark.slow
 def test_actors_times_threads_beyond_the_cluster_is_one_line(tmp_path: Path, local_ray: Any) -> None:
     from evoens.config import ConfigError
 
@@ -264,6 +269,7 @@ def test_actors_times_threads_beyond_the_cluster_is_one_line(tmp_path: Path, loc
         run_inline(config(tmp_path, actors=2, ray={"threads_per_actor": 2}), tmp_path / "threads")
 
 
+@pytest.mark.slow
 def test_each_actor_gets_its_share_of_the_cores_and_chunks_inside(tmp_path: Path, local_ray: Any) -> None:
     threads = textwrap.dedent('''
         import os
