@@ -116,14 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _manager(args: argparse.Namespace, config: Any = None, lenient: bool = False) -> Any:
-    """The plugin manager of a command (``lenient``: list broken plugins instead of stopping). Run
-    and resume build it from their resolved config, so the run's thread count is applied here."""
+    """The plugin manager of a command (``lenient``: list broken plugins instead of stopping); run
+    and resume build it from their resolved config (the engine applies its ``threads``)."""
     from evoens.manager import create_plugin_manager
 
-    if config is not None and config.threads:
-        import torch
-
-        torch.set_num_threads(config.threads)
     disable = list(args.disable) + (list(config.plugins.disable) if config else [])
     require = list(config.plugins.require) if config else []
     return create_plugin_manager(
@@ -261,11 +257,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"evoens: error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, UserError) else 1
-    except KeyboardInterrupt:
-        where = {"run": getattr(args, "out", None), "resume": getattr(args, "dir", None)}.get(args.command)
-        hint = f"; continue from its newest checkpoint with `evoens resume {where}`" if where else ""
-        print(f"evoens: interrupted{hint}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        received = getattr(exc, "signal", "SIGINT")  # the checkpoint plugin's Interrupted says which, and more
+        if str(exc):  # it says where to go on from
+            print(f"evoens: interrupted: {exc}", file=sys.stderr)
+        else:
+            where = {"run": getattr(args, "out", None), "resume": getattr(args, "dir", None)}.get(args.command)
+            hint = f"; continue from its newest checkpoint with `evoens resume {where}`" if where else ""
+            print(f"evoens: interrupted{hint}", file=sys.stderr)
+        return EXIT_CODES.get(received, 130)
 
 
 if __name__ == "__main__":  # pragma: no cover

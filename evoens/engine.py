@@ -12,6 +12,8 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,20 @@ from evoens.phases import Phases, call_hook, explain, merge
 from evoens.run import ADDED, Run, build_run, final_evaluation, remove_entries, restore_run
 
 log = logging.getLogger("evoens")
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op threads set to the config's ``threads`` for the run (0: left as they are),
+    and restored after it, however the run is started (the CLI or :func:`execute` from Python)."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if threads:
+            torch.set_num_threads(before)
 
 
 def as_numbers(stats: dict[str, Any]) -> dict[str, Any]:
@@ -139,6 +155,11 @@ def execute(config: RunConfig, out_dir: str | Path, pm: PluginManager, *, overwr
     rundir.refuse_file(out)
     if not overwrite:
         rundir.refuse_existing(out)
+    with torch_threads(config.threads):
+        return _execute(config, out, pm, overwrite)
+
+
+def _execute(config: RunConfig, out: Path, pm: PluginManager, overwrite: bool) -> dict[str, Any]:
     pm.hook.evoens_configure.call_historic(kwargs={"config": config})
     run = build_run(config, out, pm)
     try:
@@ -167,7 +188,7 @@ def resume(out_dir: str | Path, pm: PluginManager, overrides: list[str] | None =
     recorded = load_config(out / "config.toml")
     config = load_config(out / "config.toml", overrides or [])
     rundir.check_resume_overrides(recorded, config)
-    with rundir.RunLock.acquire(out, "resume"):
+    with torch_threads(config.threads), rundir.RunLock.acquire(out, "resume"):
         _nothing_to_do_by_summary(out, config)
         if not rundir.checkpoint_files(out):
             raise CheckpointError(f"{out} has no checkpoints (expected {out / 'checkpoints'}/gen-*.pt)")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from typing import Any, NamedTuple
 
@@ -34,9 +34,21 @@ __all__ = [
     "UnsupportedInput",
     "flat_layout",
     "module_to_flat",
+    "watch_chunks",
 ]
 
 _AUTO_CHOICE: dict[tuple, str] = {}  # auto key -> fastest strategy name, shared by all populations
+ChunkWatcher = Callable[[int, int], None]
+_WATCHERS: list[ChunkWatcher] = []
+
+
+def watch_chunks(watcher: ChunkWatcher) -> Callable[[], None]:
+    """Call ``watcher(index, chunks)`` before each chunk of every population forward (``chunks``:
+    how many that forward runs, as planned); what it raises stops the forward. Returns the function
+    that removes it. A run uses this to stop a long generation within a chunk on a signal
+    (evoens.builtins.checkpointing) and to estimate a first generation's cost (evoens.builtins.reporters)."""
+    _WATCHERS.append(watcher)
+    return lambda: _WATCHERS.remove(watcher) if watcher in _WATCHERS else None
 _CHUNK_LIMIT: dict[tuple, int] = {}  # run key -> largest chunk that did not run out of memory
 
 
@@ -331,10 +343,14 @@ class Population:
         dim = 1 if per_member else 0
         if not strat.per_sample or x.dim() <= dim or samples >= x.shape[dim]:
             return self._member_chunks(strat, x, per_member, members)
-        parts = [self._member_chunks(strat, xs, per_member, members) for xs in x.split(samples, dim)]
+        pieces = x.split(samples, dim)
+        parts = [self._member_chunks(strat, xs, per_member, members, (i, len(pieces))) for i, xs in enumerate(pieces)]
         return torch.cat(parts, 1)  # (P, B, ...out)
 
-    def _member_chunks(self, strat: Strategy, x: Tensor, per_member: bool, budget: int) -> Tensor:
+    def _member_chunks(
+        self, strat: Strategy, x: Tensor, per_member: bool, budget: int, part: tuple[int, int] = (0, 1)
+    ) -> Tensor:
+        """Member chunks of ``strat`` on ``x``, the sample chunk ``part`` = (index, count) of the forward."""
         P = self.size
         key = (
             self.signature(),
@@ -348,6 +364,11 @@ class Population:
         chunk = min(self.max_chunk or budget, _CHUNK_LIMIT.get(key, P), P)
         params, outs, start = self.params, [], 0
         while start < P:
+            if _WATCHERS:
+                per_part = math.ceil(P / chunk)
+                index, planned = part[0] * per_part + start // chunk, part[1] * per_part
+                for watcher in list(_WATCHERS):
+                    watcher(index, planned)
             stop = min(start + chunk, P)
             p, b = (
                 (params, self.buffers)

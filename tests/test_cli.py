@@ -218,14 +218,20 @@ def test_debug_shows_the_traceback_of_a_plugin_that_failed_to_import(
 
 
 def test_threads_is_applied_and_recorded(tmp_path: Path) -> None:
-    out = tmp_path / "out"
+    out, plugins = tmp_path / "out", tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "probe.py").write_text(
+        "import torch\nfrom evoens import hookimpl\n\n"
+        "@hookimpl\ndef evoens_generation_start(run):\n"
+        "    (run.out_dir / 'threads.txt').write_text(str(torch.get_num_threads()))\n"
+    )
     before = torch.get_num_threads()
-    try:
-        assert main(["run", str(_config(tmp_path)), "--out", str(out), "--threads", "1"]) == 0
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)
-    assert "threads = 1" in (out / "config.toml").read_text()
+    wanted = 1 if before != 1 else 2
+    args = ["run", str(_config(tmp_path)), "--out", str(out), "--threads", str(wanted), "--plugins-dir", str(plugins)]
+    assert main(args) == 0
+    assert (out / "threads.txt").read_text() == str(wanted)  # inside the run
+    assert torch.get_num_threads() == before  # and given back after it
+    assert f"threads = {wanted}" in (out / "config.toml").read_text()
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

@@ -18,6 +18,7 @@ from typing import Any
 from evoens import Provider, hookimpl
 from evoens.errors import PluginError
 from evoens.kinds import Reporter
+from evoens.population import watch_chunks
 from evoens.run import Run
 from evoens.stash import StashKey
 
@@ -208,6 +209,57 @@ class ProgressReporter:
         self.bar.close()
 
 
+LONG_SECONDS = 20.0
+"""A first generation whose population forward is estimated to take longer gets one line saying so."""
+
+
+class FirstCost:
+    """Watches the chunks of the first population forwards of a run's first generation (see
+    :func:`evoens.population.watch_chunks`) and, once one forward has run a chunk or two, estimates
+    that forward's cost; when it will plainly take long, prints one line with the estimate and the
+    keys that make it shorter. Measured, not modelled: the time of the second chunk (the first
+    pays one-time costs) times the chunks planned."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.marks: list[float] = []
+        self.done = False
+
+    def __call__(self, index: int, chunks: int) -> None:
+        if self.done:
+            return
+        now = time.perf_counter()
+        if index == 0:  # a new forward
+            self.marks = [now]
+            return
+        self.marks.append(now)
+        if chunks > 2 and len(self.marks) == 2 and now - self.marks[0] < 0.5:
+            return  # a short first chunk may be mostly one-time costs: take the second one's time
+        per_chunk = self.marks[-1] - self.marks[-2]
+        self.done = True
+        if per_chunk * chunks >= LONG_SECONDS:
+            print(self.line(per_chunk, chunks), file=sys.stderr, flush=True)
+
+    def line(self, per_chunk: float, chunks: int) -> str:
+        cfg, data = self.run.config, self.run.data
+        batch = cfg.data.batch_size or len(data.train.y)
+        now = f"now {cfg.data.batch_size}" if cfg.data.batch_size else f"now 0, the whole training split of {batch:,}"
+        auto = (
+            "; with trainer.strategy = 'auto' it first times each forward strategy on it, a few times that"
+            if cfg.trainer.strategy == "auto"
+            else ""
+        )
+        return (
+            f"evoens {self.run.out_dir.name}: generation {self.run.generation} will take long: one forward of the "
+            f"population ({cfg.trainer.popsize:,} members x {batch:,} samples) runs {chunks:,} chunks of about "
+            f"{per_chunk:.2g} s, about {_duration(per_chunk * chunks)}{auto}; lower data.batch_size ({now}) or "
+            f"trainer.popsize (now {cfg.trainer.popsize:,}) to make it shorter"
+        )
+
+
+COST = StashKey[Any]()  # removes the FirstCost watcher
+
+
 @hookimpl
 def evoens_register_providers() -> Iterator[Provider]:
     yield Provider(
@@ -246,6 +298,7 @@ def evoens_register_providers() -> Iterator[Provider]:
 
 @hookimpl
 def evoens_run_start(run: Run) -> None:
+    run.stash[COST] = watch_chunks(FirstCost(run))
     names = list(run.config.reporters)
     if sys.stderr.isatty():
         if "progress" not in names:
@@ -283,6 +336,12 @@ def evoens_report(run: Run, generation: int, stats: dict[str, Any]) -> None:
 
 
 @hookimpl
+def evoens_generation_end(run: Run) -> None:
+    run.stash.pop(COST, lambda: None)()  # the first generation is over
+
+
+@hookimpl
 def evoens_run_end(run: Run) -> None:
+    run.stash.pop(COST, lambda: None)()
     for reporter in run.stash.pop(ACTIVE, {}).values():
         reporter.close()
