@@ -27,6 +27,7 @@ SUITES: dict[str, str] = {
     "binary_mnist": "binarized MLP/CNN on MNIST: each STE (gradient) and PGPE/SNES (evolution); test accuracy",
     "morph": "function-preserving transforms: preservation table, grow-mid-training vs scratch on MNIST, NE",
     "ensemble": "ensembles: sum vs mean loss, ensemble vs wide net, effective robustness, calibration, speed",
+    "sizing": "learning layer size: sparsifier table, variance/mixture/PCA metrics, gated frontier, grow-and-shrink",
     "hypernet": "vq-ensemble on MNIST beside the seed (baselines, mlp/bias refiners), code search, meta-step speed",
 }
 

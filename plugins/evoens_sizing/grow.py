@@ -7,8 +7,10 @@ Shrinking: the switches of :mod:`evoens_sizing.switch` (Smallify). The journal's
 (new blocks fit to residuals, 2017-11-11) failed and it concluded "start very large and only
 shrink"; this policy instead grows with function-preserving transforms.
 
-The policy reads two signals per member and layer: every switch alive (``theta > 0``) and no dead
-unit (activation standard deviation 0 on a probe batch, :mod:`evoens_sizing.stats`). A member
+The policy (:meth:`evoens_sizing.trainer.SizingTrainer.maybe_grow`) reads two signals per member
+and layer: the switches (``theta > 0``: alive) and the dead units (activation standard deviation 0
+on a probe batch, :mod:`evoens_sizing.stats`). A layer is saturated when no unit was pruned by its
+switch or died since the last check (units dead from the start do not block it). A member
 saturated on a layer gets ``ceil(width * (factor - 1))`` new R2R units there (even, at most
 ``max_width``); the others get the same number of dead units (``theta = 0``), so the population
 keeps one physical width: per-member masks in one batched forward.
@@ -24,11 +26,6 @@ from evoens_morph.widen import widen
 from torch import Tensor, nn
 
 from evoens_sizing.compact import UnitLayer
-
-
-def saturated(theta: Tensor, dead: Tensor) -> Tensor:
-    """``theta`` (P, N) switches, ``dead`` (P, N) units without variance -> (P,) bool."""
-    return (theta > 0).all(1) & ~dead.any(1)
 
 
 def growth(width: int, factor: float, max_width: int) -> int:

@@ -31,7 +31,7 @@ from evoens.phases import Evaluate
 from evoens.population import Population, flat_layout
 from evoens_sizing.compact import compact, compact_population, resized, unit_plan, widths
 from evoens_sizing.gated import GatedLinear, gate_integral
-from evoens_sizing.grow import grow_tensors, grow_zeros, growth, saturated
+from evoens_sizing.grow import grow_tensors, grow_zeros, growth
 from evoens_sizing.models import sized_layers
 from evoens_sizing.stats import ActivationProbe, UnitStats
 from evoens_sizing.switch import SizePenaltyScheduler, SwitchLinear, switch_init_, switch_penalty, weight_penalty
@@ -88,7 +88,7 @@ class SizingTrainer:
         flat = Population.from_module(template, popsize, generator=generator).flat  # (P, D)
         self._build(template.to(device), flat.to(device))
         self.grow_generator = torch.Generator().manual_seed(seed + 1)
-        self.live_at_check = {k: a.sum(1) for k, a in self._alive().items()}  # (P,) per switch layer
+        self.useful_at_check = self.useful_units()  # (P,) per switch layer: what saturation compares with
 
     # ------------------------------------------------------------------ state
     def _build(self, template: nn.Module, flat: Tensor, moments: tuple[Tensor, Tensor, Tensor] | None = None) -> None:
@@ -246,22 +246,26 @@ class SizingTrainer:
                 found[name] = acc.result().dead
         return found
 
-    def maybe_grow(self) -> bool:
-        """Widen (R2R) every switch layer on which some member is saturated: it has no fewer live
-        switches than at the last check (compaction does not count) and none of its live units is
-        dead on the probe."""
+    def useful_units(self) -> dict[str, Tensor]:
+        """Per switch layer, every member's units with a live switch that are not dead on the probe: (P,)."""
         alive, dead = self._alive(), self.dead_units()
+        return {name: (a & ~dead[name]).sum(1) for name, a in alive.items()}
+
+    def maybe_grow(self) -> bool:
+        """Widen (R2R) every switch layer on which some member is saturated: no unit of it was pruned
+        by its switch or died (activation sd 0 on the probe) since the last check, so it uses all it
+        has. Units dead since the start do not block growth; compaction does not count."""
+        useful, alive = self.useful_units(), self._alive()
         grew = False
-        for name in list(alive):
-            live = alive[name].sum(1)  # (P,)
-            kept = live >= self.live_at_check.get(name, live)  # (P,) no switch lost since the last check
-            sat = kept & saturated(torch.ones_like(alive[name]), dead[name] & alive[name])  # (P,)
+        for name, count in useful.items():
+            sat = count >= self.useful_at_check.get(name, count)  # (P,)
+            live = alive[name].sum(1)
             n = growth(int(live.max()), self.opts.grow_factor, self.opts.max_width)
             n = min(n, (self.opts.max_width - alive[name].shape[1]) // 2 * 2)
             if bool(sat.any()) and n > 0:
                 self._grow_layer(name, sat, n)
                 grew = True
-        self.live_at_check = {k: a.sum(1) for k, a in self._alive().items()}
+        self.useful_at_check = self.useful_units()
         return grew
 
     def _grow_layer(self, name: str, grow: Tensor, n: int) -> None:
@@ -307,7 +311,7 @@ class SizingTrainer:
             "flat": self.population.flat.detach().clone(),
             "moments": None if moments is None else [t.clone() for t in moments],
             "lam": self.schedule.lam.clone(),
-            "live_at_check": {k: v.clone() for k, v in self.live_at_check.items()},
+            "useful_at_check": {k: v.clone() for k, v in self.useful_at_check.items()},
             "grow_generator": self.grow_generator.get_state(),
         }
 
@@ -317,5 +321,5 @@ class SizingTrainer:
         moments = None if state["moments"] is None else tuple(t.to(self.device) for t in state["moments"])
         self._build(self.template, state["flat"].to(self.device), moments)  # type: ignore[arg-type]
         self.schedule.lam = state["lam"].clone()
-        self.live_at_check = {k: v.to(self.device) for k, v in state["live_at_check"].items()}
+        self.useful_at_check = {k: v.to(self.device) for k, v in state["useful_at_check"].items()}
         self.grow_generator.set_state(state["grow_generator"])
