@@ -437,6 +437,11 @@ def _one_line(exc: BaseException) -> str:
 _OPEN: list[ActorPool] = []  # the pools of this process: a new run closes the previous run's actors
 
 
+def last_pool() -> ActorPool | None:
+    """The newest actor pool of this process (closed or not): its timing, for the scaling suite."""
+    return _OPEN[-1] if _OPEN else None
+
+
 def resolve_actors(ray: Any, wanted: int | str, device: torch.device, settings: RayConfig) -> tuple[int, int, Any]:
     """The number of actors, threads each, and GPUs each, checked against the cluster."""
     total = ray.cluster_resources()

@@ -28,6 +28,7 @@ SUITES: dict[str, str] = {
     "morph": "function-preserving transforms: preservation table, grow-mid-training vs scratch on MNIST, NE",
     "ensemble": "ensembles: sum vs mean loss, ensemble vs wide net, effective robustness, calibration, speed",
     "sizing": "learning layer size: sparsifier table, variance/mixture/PCA metrics, gated frontier, grow-and-shrink",
+    "scaling": "Ray actors: generations/s with 0/1/2 actors (MLP, EvoJAX ConvNet P=256), Ray share, N-machine model",
     "hypernet": "vq-ensemble on MNIST beside the seed (baselines, mlp/bias refiners), code search, meta-step speed",
 }
 
