@@ -103,6 +103,42 @@ class GatedLinear(nn.Linear):
         return f"{super().extra_repr()}, k={float(self.k):g}, x0={float(self.x0.detach()):.4g}"
 
 
+class GatedConv2d(nn.Conv2d):
+    """``conv(x) * g(x0)`` per output channel: the gate of :class:`GatedLinear` over channels."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
+                 bias: bool = True, *, k: float = 0.4, x0: float | None = None) -> None:  # fmt: skip
+        if k <= 0 or not math.isfinite(k):
+            raise ValueError(f"gate slope k must be a positive number, got {k}")
+        self.start = float(out_channels if x0 is None else x0)
+        self.x0_scale = 1.0
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias)
+        self.x0_raw = nn.Parameter(torch.tensor(self.start))
+        self.register_buffer("k", torch.tensor(float(k)))
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if hasattr(self, "x0_raw"):
+            with torch.no_grad():
+                self.x0_raw.fill_(self.start / self.x0_scale)
+
+    @property
+    def x0(self) -> Tensor:
+        return self.x0_raw * self.x0_scale
+
+    def gate(self) -> Tensor:
+        return gate(self.x0, self.k, self.out_channels)  # (out,)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(x, self.weight, self.bias) * self.gate()[:, None, None]  # (B, out, H, W)
+
+    def size_penalty(self) -> Tensor:
+        return gate_integral(self.x0, self.k, self.out_channels)
+
+    def effective_size(self) -> float:
+        return float(self.x0.detach().clamp(0, self.out_channels))
+
+
 def gate_param_groups(model: nn.Module, lr_x0: float = 1.0, weight_decay: float = 0.0) -> list[dict[str, Any]]:
     """Two optimizer groups: every parameter but the gates' x0 (with ``weight_decay``), and the x0s
     with learning rate ``lr_x0`` (the journal's 1) and no weight decay. Weight decay on the weights
@@ -112,7 +148,7 @@ def gate_param_groups(model: nn.Module, lr_x0: float = 1.0, weight_decay: float 
             f"weight_decay={weight_decay} on a gated network: L2 drives gated-off units' outgoing weights to 0 "
             "and the size plateaus (journal 2017-11-01); make it tiny or 0", stacklevel=2,
         )  # fmt: skip
-    gates = [m.x0_raw for m in model.modules() if isinstance(m, GatedLinear)]
+    gates = [m.x0_raw for m in model.modules() if isinstance(m, (GatedLinear, GatedConv2d))]
     ids = {id(p) for p in gates}
     rest: Iterable[nn.Parameter] = [p for p in model.parameters() if id(p) not in ids]
     return [{"params": list(rest), "weight_decay": weight_decay}, {"params": gates, "lr": lr_x0, "weight_decay": 0.0}]

@@ -10,10 +10,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 from evoens_sizing.compact import CompactionError, compact, compact_population, unit_plan
-from evoens_sizing.gated import GatedLinear, gate, gate_integral, gate_param_groups, gray_zone
+from evoens_sizing.gated import GatedConv2d, GatedLinear, gate, gate_integral, gate_param_groups, gray_zone
 from evoens_sizing.grow import grow_tensors, growth
 from evoens_sizing.models import sizing_cnn, sizing_mlp
-from evoens_sizing.switch import SizePenaltyScheduler, SwitchLinear, switch_penalty, weight_penalty
+from evoens_sizing.switch import (
+    SizePenaltyScheduler,
+    SwitchConv2d,
+    SwitchLinear,
+    kill_steps,
+    switch_penalty,
+    weight_penalty,
+)
 from torch import nn
 
 from evoens.population import Population
@@ -235,3 +242,36 @@ def test_r2r_growth_preserves_every_members_function() -> None:
     assert n == 8 and (after - before).abs().max() < 1e-5
     assert (grown["0.theta"][0, 8:] == 1).all() and (grown["0.theta"][1, 8:] == 0).all()
     assert grown["0.weight"][0, 8:].abs().sum() > 0 and grown["2.weight"][0, :, 8:].abs().sum() > 0  # gradients flow
+
+
+def test_gated_conv_gates_channels_like_the_linear_gates_units() -> None:
+    conv, lin = GatedConv2d(2, 40, 3, padding=1, x0=12.0), GatedLinear(5, 40, x0=12.0)
+    torch.testing.assert_close(conv.gate(), lin.gate())
+    assert float(conv.size_penalty().detach()) == pytest.approx(float(lin.size_penalty().detach()))
+    x = torch.randn(3, 2, 6, 6)
+    out = conv(x)
+    plain = F.conv2d(x, conv.weight, conv.bias, padding=1)
+    torch.testing.assert_close(out, plain * conv.gate()[:, None, None])
+    groups = gate_param_groups(nn.Sequential(conv))
+    assert groups[1]["params"] == [conv.x0_raw]
+
+
+def test_folding_switches_into_weights_keeps_the_function() -> None:
+    torch.manual_seed(5)
+    for layer, x in ((SwitchLinear(4, 6, init="uniform"), torch.randn(7, 4)),
+                     (SwitchConv2d(2, 5, 3, padding=1, init="normal"), torch.randn(2, 2, 5, 5))):  # fmt: skip
+        before = torch.relu(layer(x))
+        alive = layer.alive_mask().clone()
+        layer.fold_into_weights()
+        assert torch.equal(layer.alive_mask(), alive) and set(layer.theta.tolist()) <= {0.0, 1.0}
+        torch.testing.assert_close(torch.relu(layer(x)), before)
+
+
+def test_switch_inits_and_the_kill_timing() -> None:
+    torch.manual_seed(0)
+    uniform = SwitchLinear(2, 1000, init="uniform").theta.detach()
+    normal = SwitchLinear(2, 1000, init="normal").theta.detach()
+    assert 0 < float(uniform.min()) and float(uniform.max()) <= 1  # SysML: 1 - U[0, 1), in (0, 1]
+    assert float(normal.min()) < 0 < float(normal.max())  # the NIPS draft: signed
+    assert (SwitchLinear(2, 3).theta == 1).all()  # the journal
+    assert kill_steps(1.0, 1e-3) == 1000  # ~2.1 epochs of 469 steps: the journal's spike at epoch 2
