@@ -34,10 +34,11 @@ def principal_axes(acts: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``acts`` (n, N) -> mean (N,), explained variance (N,) (1/(n-1), descending), axes (N, N) as rows."""
     a = acts.to(torch.float64)
     mean = a.mean(0)
-    _, s, vt = torch.linalg.svd(a - mean, full_matrices=True)  # vt: (N, N), rows = principal axes
-    var = torch.zeros(a.shape[1], dtype=a.dtype)
-    var[: s.numel()] = s.pow(2) / max(a.shape[0] - 1, 1)
-    return mean, var, vt
+    c = a - mean  # (n, N)
+    cov = c.T @ c / max(a.shape[0] - 1, 1)  # (N, N): never the (n, n) side of an SVD
+    var, vecs = torch.linalg.eigh(cov)  # ascending
+    order = torch.argsort(var, descending=True)
+    return mean, var[order].clamp_min(0), vecs[:, order].T.contiguous()  # rows = principal axes
 
 
 def reconstruct(acts: Tensor, mean: Tensor, axes: Tensor, k: int, basis: str = "principal") -> Tensor:
