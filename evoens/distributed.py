@@ -275,7 +275,12 @@ def setup_actor(problem: PopulationProblem, manifest: Manifest, config: Any) -> 
     if manifest.gpus == "all":
         os.environ.pop("CUDA_VISIBLE_DEVICES", None)
     wants_gpu = manifest.gpus == "all" or (isinstance(manifest.gpus, (int, float)) and manifest.gpus > 0)
-    device = torch.device("cuda" if wants_gpu and torch.cuda.is_available() else "cpu")
+    if wants_gpu and not torch.cuda.is_available():
+        raise WorkerSetupError(
+            f"ray.num_gpus_per_actor = {manifest.gpus!r}, but torch on the Ray worker at {_node()} sees no CUDA "
+            "device (a CPU-only torch there?)"
+        )
+    device = torch.device("cuda" if wants_gpu else "cpu")
     pm = build_actor_plugins(manifest)
     fitness_fn = pm.registry.create("fitness", manifest.fitness)
     problem.fitness_fn = fitness_fn
