@@ -13,12 +13,14 @@ from __future__ import annotations
 import json
 import platform
 import statistics
+import sys
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -113,19 +115,102 @@ def markdown(result: BenchResult, env: dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+_RUNNING: dict[str, Any] = {}  # the suite run_suite is running: {"name", "last"} (monotonic time of a line)
+HEARTBEAT_SECONDS = 30.0
+"""A suite that printed nothing for this long gets a line saying it still runs."""
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+    _RUNNING["last"] = time.monotonic()
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+_T = TypeVar("_T")
+
+
+def cells(items: Iterable[_T], describe: Callable[[_T], str] = str) -> Iterator[_T]:
+    """A suite's grid, one progress line on stderr before each cell: ``bench NAME: cell 2/6 MLP
+    P=256 (14s in, about 40s left)``, the time left from the mean of the cells so far."""
+    grid = list(items)
+    started = time.perf_counter()
+    for k, item in enumerate(grid):
+        elapsed = time.perf_counter() - started
+        left = f", about {_duration(elapsed / k * (len(grid) - k))} left" if k else ""
+        _say(f"bench {_RUNNING.get('name', 'suite')}: cell {k + 1}/{len(grid)} {describe(item)} "
+             f"({_duration(elapsed)} in{left})")  # fmt: skip
+        yield item
+
+
+def recorded_seconds(name: str, quick: bool, out: Path) -> tuple[float, Path] | None:
+    """How long the newest recorded run of suite ``name`` in this mode took (``wall_seconds`` of a
+    ``NAME.json`` in ``out`` or a folder below it, e.g. benchmarks/results/cpu-2core/), and where."""
+    found = []
+    for path in [out / f"{name}.json", *sorted(out.glob(f"*/{name}.json"))]:
+        try:
+            payload = json.loads(path.read_text())
+            seconds = payload["wall_seconds"]
+            if payload.get("quick") == quick and isinstance(seconds, (int, float)):
+                found.append((path.stat().st_mtime, float(seconds), path))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+    return max(found)[1:] if found else None
+
+
+@contextmanager
+def _heartbeat(name: str, expected: float | None) -> Iterator[None]:
+    """A line every HEARTBEAT_SECONDS in which the suite printed nothing, until the block ends."""
+    stop = threading.Event()
+    started = time.monotonic()
+
+    def beat() -> None:
+        while not stop.wait(1.0):
+            now = time.monotonic()
+            if now - _RUNNING.get("last", started) >= HEARTBEAT_SECONDS:
+                about = f" of about {_duration(expected)}" if expected else ""
+                _say(f"bench {name}: still running, {_duration(now - started)} in{about}")
+
+    thread = threading.Thread(target=beat, name=f"bench-{name}-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def run_suite(
     factory: Callable[..., BenchResult], name: str, *, quick: bool, out: Path, device: torch.device
 ) -> dict[str, Any]:
-    """Run one suite and write its JSON, markdown and plot into ``out``; return the JSON payload."""
+    """Run one suite and write its JSON, markdown and plot into ``out``; return the JSON payload.
+
+    Says up front how long the suite's last recorded run in this mode took (its estimated duration),
+    then its progress: a line per cell where the suite iterates :func:`cells`, and a line every
+    ``HEARTBEAT_SECONDS`` of silence otherwise."""
     out.mkdir(parents=True, exist_ok=True)
-    env = environment(device)
-    result = factory(quick=quick, device=device, env=env)
-    command = f"evoens bench {name}{' --quick' if quick else ''} --device {device.type}"
+    mode = " --quick" if quick else ""
+    recorded = recorded_seconds(name, quick, out)
+    _RUNNING.clear()
+    _RUNNING["name"] = name
+    if recorded:
+        _say(f"bench {name}{mode}: about {_duration(recorded[0])} (its last run took that: {recorded[1]})")
+    else:
+        _say(f"bench {name}{mode}: no earlier run recorded in {out} to estimate its duration from")
+    started = time.perf_counter()
+    with _heartbeat(name, recorded[0] if recorded else None):
+        env = environment(device)
+        result = factory(quick=quick, device=device, env=env)
+    command = f"evoens bench {name}{mode} --device {device.type}"
     payload = {
         "suite": name,
         "quick": quick,
         "command": command,
         "environment": env,
+        "wall_seconds": round(time.perf_counter() - started, 1),
         "rows": result.rows,
         "notes": result.notes,
     }

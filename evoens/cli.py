@@ -104,7 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="run a benchmark suite (no NAME: list the suites)")
     bench.add_argument("name", nargs="?", help="suite name, see `evoens bench`")
     bench.add_argument("--all", action="store_true", help="run every suite")
-    bench.add_argument("--quick", action="store_true", help="a small grid that finishes in a minute or two")
+    bench.add_argument(
+        "--quick",
+        action="store_true",
+        help="a small grid (seconds to a few minutes a suite on a laptop CPU; the first line says how long its "
+        "last recorded run took, and progress follows)",
+    )
     bench.add_argument("--out", default="benchmarks/results", help="where NAME.json / NAME.md / NAME.png go")
     bench.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
     _plugin_args(bench)

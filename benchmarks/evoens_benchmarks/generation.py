@@ -21,7 +21,7 @@ from evotorch import Problem
 from torch import nn
 from torch.func import functional_call
 
-from evoens.bench import BenchResult, synchronize
+from evoens.bench import BenchResult, cells, synchronize
 from evoens.builtins.searchers import evoens_register_providers as searcher_providers
 from evoens.datasets import Batcher, make_gaussian
 from evoens.evolution import PopulationProblem
@@ -183,13 +183,13 @@ def _ours(
 
 
 def suite(quick: bool, device: torch.device, env: dict[str, Any]) -> BenchResult:
-    cells = [(40, 256)] if quick else [(40, 256), (40, 1024), (784, 256)]  # (input width, P)
+    grid = [(40, 256)] if quick else [(40, 256), (40, 1024), (784, 256)]  # (input width, P)
     generations = 10 if quick else 40
     rows = []
-    for in_dim, P in cells:
-        for name in ("snes", "pgpe"):
-            for row in _cell(name, P, generations, device, in_dim):
-                rows.append({**row, "model": "MLP 40-100-10" if in_dim == 40 else "MLP 784-64-10"})
+    searchers = [(in_dim, P, name) for in_dim, P in grid for name in ("snes", "pgpe")]
+    for in_dim, P, name in cells(searchers, lambda cell: f"{cell[2]} input {cell[0]} P={cell[1]}"):
+        for row in _cell(name, P, generations, device, in_dim):
+            rows.append({**row, "model": "MLP 40-100-10" if in_dim == 40 else "MLP 784-64-10"})
     return BenchResult(
         title="generation: whole search generations (batch 256)",
         columns=[

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from evoens.bench import BenchResult, time_call
+from evoens.bench import BenchResult, cells, time_call
 from evoens.models import convnet, mlp
 from evoens.population import STRATEGIES, Population
 
@@ -237,7 +237,7 @@ def _plot(rows: list[dict], path: Path) -> None:
 def suite(quick: bool, device: torch.device, env: dict[str, Any]) -> BenchResult:
     rows: list[dict] = []
     skip: dict[str, float] = {}
-    for model, P, batch in _grid(quick):
+    for model, P, batch in cells(_grid(quick), lambda cell: f"{cell[0]} P={cell[1]} batch={cell[2]}"):
         rows += _measure_cell(model, P, batch, device, skip)
     _ratios(rows, env["sgemm_gflops"])
     return BenchResult(
