@@ -167,6 +167,27 @@ def test_without_ray_an_actor_run_is_one_line(tmp_path: Path, monkeypatch: pytes
         run_inline(config(tmp_path, actors=2), tmp_path / "run")
 
 
+def test_an_address_where_no_cluster_answers_is_one_line_and_exit_2(tmp_path: Path, capsys: Any) -> None:
+    import socket
+
+    from evoens.cli import main
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ray = pytest.importorskip("ray")
+    assert not ray.is_initialized()  # else the run would use that connection
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('generations = 2\nreporters = []\n[model]\nhidden = [8]\n[trainer]\npopsize = 8\nnum_actors = 2\n')
+    code = main(["run", str(cfg), "--out", str(tmp_path / "run"), "--ray-address", f"127.0.0.1:{port}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith(f"evoens: error: ray.address = '127.0.0.1:{port}': no Ray cluster answers there")
+    assert f'address = "127.0.0.1:{port}"' in (tmp_path / "run" / "config.toml").read_text()
+
+
 # --- with a local Ray instance --------------------------------------------------------------------
 
 
