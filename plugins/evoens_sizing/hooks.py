@@ -51,6 +51,7 @@ def _sizing_trainer(run: Any, options: Any) -> Any:
             f"followed by relu/tanh/gelu/identity), but model '{run.config.model.name}' has neither; "
             "use model.name = 'sizing_mlp'"
         )
+    _check_options(options, template)
     t = run.config.trainer
     probe = run.data.train.x[: options.probe_examples]
     strategy = t.strategy
@@ -61,6 +62,19 @@ def _sizing_trainer(run: Any, options: Any) -> Any:
     return SizingTrainer(template, t.popsize, options, lr=t.lr, batcher=run.batcher, device=run.device,
                          seed=run.config.seed, weight_decay=t.weight_decay, probe=probe,
                          strategy=strategy)  # fmt: skip
+
+
+def _check_options(options: Any, template: torch.nn.Module) -> None:
+    """What the options dataclass cannot say alone, as one line each."""
+    from evoens_sizing.switch import SwitchLinear
+
+    if not options.lams:
+        raise ConfigError("trainer.options.lams = []: give at least one lambda (it is cycled over the members)")
+    switches = any(isinstance(m, SwitchLinear) for m in template.modules())
+    for key in ("grow_every", "compact_every", "lam_decay"):
+        if getattr(options, key) and not switches:
+            raise ConfigError(f"trainer.options.{key} = {getattr(options, key)}: it acts on switch layers, and this "
+                              "model has none (model.options.layer = 'switch')")  # fmt: skip
 
 
 WRITER = StashKey[Any]()  # the run's CapacityWriter, when it has one

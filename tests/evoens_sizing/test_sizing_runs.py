@@ -64,6 +64,8 @@ def test_a_sizing_run_resumes_exactly_across_compaction_and_growth(tmp_path: Pat
         ("trainer.options.lams=[-1.0]", "trainer.options.lams"),
         ("model.options.layer='wide'", "model.options.layer"),
         ("model.activation='sigmoid'", "does not map 0 to 0"),
+        ("trainer.options.lams=[]", "give at least one lambda"),
+        ("model.options.layer='gated'", "trainer.options.compact_every = 10: it acts on switch layers"),
     ],
 )
 def test_a_wrong_sizing_setting_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], override: str,
