@@ -56,8 +56,8 @@ SEED = {
 class Sizes:
     base_steps: int = 3000  # seed 30,000
     base_reset: int = 1000  # seed 10,000: a fresh Adam at lr / 10
-    vq_steps: int = 150  # seed ~6,300
-    bias_long: int = 1500  # the ablation again, longer (it is cheap)
+    vq_steps: int = 100  # seed ~6,300
+    bias_long: int = 600  # the ablation again, longer (it is cheap)
     stages: int = 40
     options: int = 4
     hidden: int = 512
@@ -72,7 +72,7 @@ class Sizes:
     search_popsize: int = 32
     search_examples: int = 2000
     speed_batches: tuple[int, ...] = (4, 64)
-    speed_repeats: int = 2
+    speed_repeats: int = 1
 
 
 FULL_SIZES = Sizes(base_steps=30_000, base_reset=10_000, vq_steps=6300, bias_long=6300, train_eval=60_000)
