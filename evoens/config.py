@@ -169,7 +169,9 @@ class RayConfig:
         0.0, "GPUs of each actor (fractional ok), 'max' (split all) or 'all' (every GPU)", ge=0, choices=("max", "all")
     )
     max_restarts: int = _opt(3, "dead actors replaced (their share re-evaluated) per run before it stops", ge=0)
-    timeout: float = _opt(300.0, "seconds to wait for an actor to start or to return its share", gt=0, finite=True)
+    start_timeout: float = _opt(120.0, "seconds an actor may take to start and import the plugins", gt=0, finite=True)
+    timeout: float = _opt(1800.0, "seconds an actor may take to return its share (a dead one is noticed at once)",
+                          gt=0, finite=True)  # fmt: skip
 
 
 @dataclass

@@ -21,10 +21,11 @@ Resources: each actor asks Ray for ``threads_per_actor`` CPUs and uses as many t
 
 Faults: an actor whose process dies mid-generation is replaced and its share re-evaluated (the
 evaluation is deterministic, so the generation's result is unchanged), up to
-``ray.max_restarts`` per run; past that, or when no actor answers within ``ray.timeout``
-seconds, the run stops with one line (a :class:`~evoens.errors.RunError`, exit 1); the newest
-checkpoint resumes it. The actors draw nothing from the main process's random streams, so an
-actor run equals the same run without Ray (CPU, fixed forward strategy) and resumes exactly.
+``ray.max_restarts`` per run; past that, or when an actor does not start within
+``ray.start_timeout`` or return its share within ``ray.timeout`` seconds, the run stops with one
+line (a :class:`~evoens.errors.RunError`, exit 1); the newest checkpoint resumes it. The actors
+draw nothing from the main process's random streams, so an actor run equals the same run without
+Ray (CPU, fixed forward strategy) and resumes exactly.
 """
 
 from __future__ import annotations
@@ -333,12 +334,12 @@ class ActorPool:
         """Set actor ``i`` up and wait for it: a plugin missing there is one line, never a hang."""
         ref = self.actors[i].call.remote("setup_actor", [self.manifest, self.config], {})
         try:
-            return self.ray.get(ref, timeout=self.settings.timeout)
+            return self.ray.get(ref, timeout=self.settings.start_timeout)
         except self.ray.exceptions.GetTimeoutError:
             self.close()
             raise RunError(
-                f"Ray actor {i} did not start within ray.timeout = {self.settings.timeout:g} s: the cluster has "
-                f"{self._free()} free, each actor asks for {self._options()}; lower trainer.num_actors or "
+                f"Ray actor {i} did not start within ray.start_timeout = {self.settings.start_timeout:g} s: the "
+                f"cluster has {self._free()} free, each actor asks for {self._options()}; lower trainer.num_actors or "
                 "ray.threads_per_actor, or add a node"
             ) from None
         except self.ray.exceptions.RayError as exc:

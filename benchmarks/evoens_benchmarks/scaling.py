@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -149,7 +150,8 @@ def suite(quick: bool, device: torch.device, env: dict[str, Any]) -> BenchResult
     ray = distributed.connect(None)  # a local Ray instance: this machine's cores
     env["ray"] = ray.__version__
     env["ray_cpus"] = int(ray.cluster_resources().get("CPU", 0))
-    plans = {"mlp": (256, 5 if quick else 10), "convnet": (64 if quick else 256, 4 if quick else 6)}
+    env["load_average_start"] = round(os.getloadavg()[0], 2)  # the machine is shared: how busy it was
+    plans = {"mlp": (256, 5 if quick else 10), "convnet": (64 if quick else 256, 4)}
     dims = {"mlp": 64 * 32 + 32 + 32 * 10 + 10, "convnet": 11274}
     rows: list[dict[str, Any]] = []
     measured: dict[str, dict[int, dict[str, Any]]] = {}
@@ -183,6 +185,7 @@ def suite(quick: bool, device: torch.device, env: dict[str, Any]) -> BenchResult
             + (f"P = {over}." if over is not None else "no P (the transfer per solution costs more than the "
                "evaluation it spreads).")
         )  # fmt: skip
+    env["load_average_end"] = round(os.getloadavg()[0], 2)
     notes.append(
         f"Model: T(K actors) = T_main + c0 + c1 K + b P D 4 + P / (K r), {cores} one-thread actors per machine, "
         "r, c0, c1 and T_main from the measured 1- and 2-actor runs, b from the echo; 'ray_share' is the Ray "
