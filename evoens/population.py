@@ -38,6 +38,7 @@ __all__ = [
 ]
 
 _AUTO_CHOICE: dict[tuple, str] = {}  # auto key -> fastest strategy name, shared by all populations
+_CHUNK_LIMIT: dict[tuple, int] = {}  # run key -> largest chunk that did not run out of memory
 ChunkWatcher = Callable[[int, int], None]
 _WATCHERS: list[ChunkWatcher] = []
 
@@ -49,7 +50,6 @@ def watch_chunks(watcher: ChunkWatcher) -> Callable[[], None]:
     (evoens.builtins.checkpointing) and to estimate a first generation's cost (evoens.builtins.reporters)."""
     _WATCHERS.append(watcher)
     return lambda: _WATCHERS.remove(watcher) if watcher in _WATCHERS else None
-_CHUNK_LIMIT: dict[tuple, int] = {}  # run key -> largest chunk that did not run out of memory
 
 
 class ParamSlot(NamedTuple):

@@ -155,7 +155,8 @@ class RunLock:
             try:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as err:
-                raise RunDirError(f"cannot lock the run directory {directory}: {err.strerror or err}") from None
+                hint = "; copy the run to a writable place and resume it there" if err.errno == errno.EROFS else ""
+                raise RunDirError(f"cannot lock the run directory {directory}: {err.strerror or err}{hint}") from None
             try:
                 previous = _lock_fd(fd, path, directory)
                 if os.path.samestat(os.fstat(fd), os.stat(path)):
@@ -248,7 +249,8 @@ def claim(directory: Path, *, overwrite: bool = False) -> RunLock:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise RunDirError(f"cannot create the run directory {directory}: {err.strerror or err}") from None
+        hint = "; choose a writable --out" if err.errno in (errno.EROFS, errno.EACCES, errno.ENOSPC) else ""
+        raise RunDirError(f"cannot create the run directory {directory}: {err.strerror or err}{hint}") from None
     try:
         lock = RunLock.acquire(directory, "run")
         if holds_run(directory):

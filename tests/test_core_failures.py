@@ -231,8 +231,14 @@ def test_a_read_only_run_directory_is_one_line_and_stays_unchanged(tmp_path: Pat
     done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300)
     assert (tmp_path / "rc").read_text().split() == ["2", "2"]
     resumed, ran = _errors(done)
-    assert resumed == f"evoens: error: cannot lock the run directory {out}: Read-only file system"
-    assert ran == f"evoens: error: cannot create the run directory {out / 'new'}: Read-only file system"
+    assert resumed == (
+        f"evoens: error: cannot lock the run directory {out}: Read-only file system; copy the run to a writable "
+        "place and resume it there"
+    )
+    new = out / "new"
+    assert ran == (
+        f"evoens: error: cannot create the run directory {new}: Read-only file system; choose a writable --out"
+    )
     assert _snapshot(out) == before
 
 

@@ -88,7 +88,10 @@ def _summary(out: Path) -> dict[str, Any]:
     return {k: summary.get(k) for k in COMPARED}
 
 
-@pytest.mark.parametrize(("how", "sleep_s", "within_s"), [("between chunks", 0.5, 2.0), ("inside a chunk", 120, 4.0)])
+@pytest.mark.parametrize(
+    ("how", "sleep_s", "within_s"),
+    [("between chunks", 0.5, 2.0), pytest.param("inside a chunk", 120, 4.0, marks=pytest.mark.slow)],
+)
 def test_sigterm_during_a_long_generation_stops_within_seconds_and_resumes_exactly(
     tmp_path: Path, setup: tuple[Path, Path], how: str, sleep_s: float, within_s: float
 ) -> None:
