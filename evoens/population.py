@@ -284,7 +284,7 @@ class Population:
             self._needs_grad(x),
         )
         choice = _AUTO_CHOICE.get(key)
-        if choice is not None:
+        if choice is not None and choice in STRATEGIES:  # a plugin's strategy leaves with its run
             self.last_strategy = choice
             return self._chunked(STRATEGIES[choice], x, per_member)
         choice, out = self._fastest(x, per_member)

@@ -104,3 +104,18 @@ def test_the_digits_example_runs(tmp_path: Path):
     assert summary["generations"] == 4
     assert {"val", "test", "output_variance"} <= set(summary["hypernet"])
     assert "ensemble" in summary  # [extra.ensemble] judges the same members
+
+
+def test_auto_forgets_a_strategy_that_is_no_longer_installed(monkeypatch: pytest.MonkeyPatch):
+    """A run's plugin strategy (installed per run) may win 'auto'; a later run without it re-times."""
+    from evoens import population, strategies
+
+    pop = Population.from_module(nn.Sequential(nn.Linear(3, 2)), 2, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(5, 3)
+    monkeypatch.setitem(strategies.STRATEGIES, "gone", strategies.STRATEGIES["loop"])
+    pop(x)
+    key = next(k for k in population._AUTO_CHOICE if k[0] == pop.signature())
+    monkeypatch.setitem(population._AUTO_CHOICE, key, "gone")
+    monkeypatch.delitem(strategies.STRATEGIES, "gone")
+    torch.testing.assert_close(pop(x), pop(x, strategy="loop"))
+    assert pop.last_strategy in strategies.STRATEGIES
