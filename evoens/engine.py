@@ -303,8 +303,8 @@ def _drive(run: Run) -> dict[str, Any]:
         _finish(run, summary)
     except SummaryUnwritten as unwritten:
         raise RunError(
-            f"the run reached generation {run.generation}, but {unwritten}; its checkpoints and metrics are "
-            "intact (free some space, then read the final ones)"
+            f"the run reached generation {run.generation}, but {unwritten}; the run itself is saved: its "
+            "final checkpoint and metrics.jsonl are intact"
         ) from unwritten
     return summary
 

@@ -134,8 +134,8 @@ def test_tracing_writes_every_hook_call() -> None:
     from evoens.manager import enable_tracing
 
     enable_tracing(pm, lines.append)
-    pm.hook.evoens_generation_start(run=None, generation=7)
-    assert any("evoens_generation_start" in line and "7" in line for line in lines)
+    pm.hook.evoens_after_ask(run=None, generation=7, candidates=None)  # no built-in implements it
+    assert any("evoens_after_ask" in line and "7" in line for line in lines)
 
 
 def test_plugins_dir_files_are_plugins(tmp_path: Path) -> None:
