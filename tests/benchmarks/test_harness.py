@@ -17,7 +17,10 @@ from evoens.bench import BenchResult, run_suite, time_call
 from evoens.cli import main
 from evoens.manager import create_plugin_manager
 
-NAMES = {"throughput", "generation", "evojax_mnist", "binary_estimators", "binary_mnist", "morph", "ensemble", "sizing"}
+NAMES = {
+    "throughput", "generation", "evojax_mnist", "binary_estimators", "binary_mnist", "morph", "ensemble", "sizing",
+    "scaling",
+}
 
 
 def _tiny_suite(quick: bool, device: torch.device, env: dict[str, Any]) -> BenchResult:
