@@ -29,7 +29,7 @@ with warnings.catch_warnings():
 RAY = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
 if not Path(RAY).exists():
     pytest.skip("Ray's `ray` command is not installed", allow_module_level=True)
-ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONWARNINGS": "ignore"}
+ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def _free_port() -> int:
