@@ -19,6 +19,7 @@ ELSEWHERE = {
     "benchmark": "tests/benchmarks/test_harness.py and each suite's quick-mode test in tests/benchmarks/",
     "grad_estimator": "tests/evoens_binary/test_binary_estimators.py::test_grad_estimator_provider_conformance",
     "mutation": "tests/evoens_morph/test_morph_widen.py (conformance over every registered mutation)",
+    "weight_generator": "tests/evoens_hypernet/test_hypernet_search.py::test_weight_generator_provider_conformance",
 }
 NEEDS_FILES = {"mnist", "fashion_mnist", "cifar10", "cifar10_1"}  # covered by tests/test_data.py
 IMAGE_MODELS = {"convnet", "binary_cnn", "interp_cnn"}

@@ -19,7 +19,7 @@ from evoens.manager import create_plugin_manager
 
 NAMES = {
     "throughput", "generation", "evojax_mnist", "binary_estimators", "binary_mnist", "morph", "ensemble", "sizing",
-    "scaling",
+    "scaling", "hypernet",
 }
 
 

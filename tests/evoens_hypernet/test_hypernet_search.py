@@ -119,3 +119,32 @@ def test_auto_forgets_a_strategy_that_is_no_longer_installed(monkeypatch: pytest
     monkeypatch.delitem(strategies.STRATEGIES, "gone")
     torch.testing.assert_close(pop(x), pop(x, strategy="loop"))
     assert pop.last_strategy in strategies.STRATEGIES
+
+
+@pytest.mark.parametrize("name", make_plugin_manager(entry_points=True).registry.names("weight_generator"))
+def test_weight_generator_provider_conformance(name: str):
+    """Every registered generator: ``sample(n)`` gives n members as candidates whose weights are a
+    differentiable function of the generator's parameters, the same for the same code stream."""
+    from types import SimpleNamespace
+
+    from evoens.kinds import WeightGenerator
+    from evoens.testing import tiny_options
+
+    registry = make_plugin_manager(entry_points=True).registry
+    cls = registry.get("weight_generator", name).options
+    options = cls(**tiny_options(registry, "weight_generator", name))
+    torch.manual_seed(0)
+    context = SimpleNamespace(
+        template=nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)), device=torch.device("cpu"),
+        config=SimpleNamespace(seed=0, trainer=SimpleNamespace(popsize=4, strategy="auto", max_chunk=None)),
+    )  # fmt: skip
+    gen = registry.create("weight_generator", name, context, options)
+    assert isinstance(gen, WeightGenerator)
+    members = gen.sample(3, torch.Generator().manual_seed(1))
+    again = gen.sample(3, torch.Generator().manual_seed(1))
+    assert isinstance(members, Candidates) and len(members) == 3
+    torch.testing.assert_close(members.flat, again.flat)
+    out = members.logits(torch.randn(7, 6))  # (3, 7, 3)
+    assert out.shape == (3, 7, 3)
+    grads = torch.autograd.grad(out.pow(2).sum(), [p for p in gen.parameters()], allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
