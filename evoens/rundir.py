@@ -282,7 +282,7 @@ def remove_created(created: list[Path]) -> None:
 
 RESUMABLE = (
     "generations", "eval_every", "reporters", "checkpoint", "threads", "device", "progress_seconds",
-    "plugins", "watchdog", "data.data_dir", "trainer.strategy", "trainer.max_chunk", "trainer.num_actors",
+    "plugins", "watchdog", "data.data_dir", "trainer.strategy", "trainer.max_chunk", "trainer.num_actors", "ray",
 )  # fmt: skip
 """Keys (and tables) a resumed run may change: how long, where and how it runs and reports."""
 WHY = {

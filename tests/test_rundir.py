@@ -308,3 +308,13 @@ def test_the_quick_start_can_be_extended_as_the_readme_says(tmp_path: Path) -> N
     assert main(["run", str(example), "--out", str(out), *fast]) == 0
     assert main(["resume", str(out), "--set", "generations=5"]) == 0
     assert json.loads((out / "summary.json").read_text())["generations"] == 5
+
+
+def test_the_ray_table_may_change_on_resume() -> None:
+    """A re-queued job resumes on another cluster: ray.address and the actors' resources are not
+    part of the checkpointed state (tests/test_ray_actors.py checks the results do not change)."""
+    from evoens.config import config_from_dict
+    from evoens.rundir import frozen_settings
+
+    config = config_from_dict({"ray": {"address": "10.0.0.1:6379"}})
+    assert not any(key.startswith("ray") for key in frozen_settings(config))

@@ -182,21 +182,3 @@ def test_a_failing_core_hook_stops_the_run_naming_the_plugin(tmp_path: Path) -> 
     assert summary["status"] == "failed" and "bad state" in summary["error"]
 
 
-@pytest.mark.slow
-def test_ray_actors_spread_evaluation(tmp_path: Path) -> None:
-    pytest.importorskip("ray")
-    calls: list[str] = []
-
-    class Count:
-        @hookimpl
-        def evoens_after_ask(self) -> None:
-            calls.append("ask")
-
-        @hookimpl(tryfirst=True)
-        def evoens_evaluate(self) -> None:
-            calls.append("evaluate")  # main process only: never called when actors evaluate
-
-    config = tiny_config(generations=2, trainer={"num_actors": 2, "searcher": "pgpe", "popsize": 8})
-    summary = run_inline(config, tmp_path, Count())
-    assert summary["generations"] == 2 and summary["test_accuracy"] > 0.0
-    assert calls == ["ask", "ask"]
