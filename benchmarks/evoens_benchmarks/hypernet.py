@@ -41,6 +41,8 @@ from evoens_benchmarks import hypernet_speed as speed
 from evoens_benchmarks.ensemble import load_data
 
 FULL = os.environ.get("EVOENS_HYPERNET_FULL", "") not in ("", "0")
+#: the parts to run, e.g. EVOENS_HYPERNET_PARTS=speed (search needs mnist's trained generator)
+PARTS = tuple(p for p in os.environ.get("EVOENS_HYPERNET_PARTS", "mnist,search,speed,memory").split(",") if p)
 COLUMNS = ["part", "item", "steps", "train_acc", "test_acc", "test_single", "output_var", "seed", "value", "ratio",
            "verdict"]  # fmt: skip
 #: the README's numbers (README@01236cd; spec hypernet.md 1.7)
@@ -146,7 +148,7 @@ def train_generator(data: DataSplits, s: Sizes, refiner: str, steps: int) -> tup
     return trainer, time.perf_counter() - start
 
 
-def part_mnist(data: DataSplits, s: Sizes) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
+def part_mnist(data: DataSplits, s: Sizes) -> tuple[list[dict[str, Any]], dict[str, VQRefiner]]:
     rows, found = [], {}
     for name, dropout in (("baseline", 0.0), ("dropout", 0.25)):
         model, seconds = train_baseline(data, s, dropout)
@@ -170,7 +172,7 @@ def part_mnist(data: DataSplits, s: Sizes) -> tuple[list[dict[str, Any]], dict[s
                      "value": seconds})  # fmt: skip
         _log(f"{name}: test {te_e:.4f} single {te_s:.4f} var {var:.4g} ({seconds:.0f} s)")
     rows += verdicts(found)
-    return rows, generators, []
+    return rows, generators
 
 
 def verdicts(f: dict[str, Any]) -> list[dict[str, Any]]:
@@ -231,10 +233,15 @@ def part_speed(s: Sizes, device: torch.device) -> list[dict[str, Any]]:
             rows.append({"part": "speed", "item": f"out layer {label} B={row['B']}: GFLOP/s, share of sgemm",
                          "value": row[f"{key}_gflops"], "ratio": share, "seed": ">= 0.60 (issue)",
                          "verdict": "met" if share >= 0.6 else "not met"})  # fmt: skip
+    return rows
+
+
+def part_memory(s: Sizes) -> list[dict[str, Any]]:
+    rows = []
     for B in s.speed_batches:
         plain = speed.decode_memory(B, False, s.stages, s.hidden)
         ckpt = speed.decode_memory(B, True, s.stages, s.hidden)
-        rows.append({"part": "speed", "item": f"decode+backward memory B={B}: MiB checkpointed (plain)",
+        rows.append({"part": "memory", "item": f"decode+backward memory B={B}: MiB checkpointed (plain)",
                      "value": ckpt["extra_mib"], "ratio": ckpt["extra_mib"] / max(plain["extra_mib"], 1e-9),
                      "seed": f"plain {plain['extra_mib']:.0f} MiB"})  # fmt: skip
     return rows
@@ -244,23 +251,32 @@ def suite(quick: bool, device: torch.device, env: dict[str, Any], *, sizes: Size
     """The ``hypernet`` suite; ``sizes`` is an internal knob for tests."""
     start = time.perf_counter()
     s = sizes or (QUICK if quick else FULL_SIZES if FULL else Sizes())
+    unknown = set(PARTS) - {"mnist", "search", "speed", "memory"}
+    if unknown or ("search" in PARTS and "mnist" not in PARTS):
+        raise ValueError(f"EVOENS_HYPERNET_PARTS={','.join(PARTS)}: parts are mnist, search (needs mnist), speed, "
+                         "memory")  # fmt: skip
     data, source = load_data(quick)
     if not quick and not FULL:
         source += "; default mode: the seed's hyper-parameters, fewer steps (EVOENS_HYPERNET_FULL=1: the seed's)"
-    timings = {}
-    t = time.perf_counter()
-    rows, generators, notes = part_mnist(data, s)
-    timings["mnist"] = time.perf_counter() - t
-    t = time.perf_counter()
-    rows += part_search(data, generators["vq_mlp"], s)
-    timings["search"] = time.perf_counter() - t
-    t = time.perf_counter()
-    rows += part_speed(s, device)
-    timings["speed"] = time.perf_counter() - t
+    timings: dict[str, float] = {}
+    rows: list[dict[str, Any]] = []
+    if "mnist" in PARTS:
+        t = time.perf_counter()
+        found, generators = part_mnist(data, s)
+        rows, timings["mnist"] = rows + found, time.perf_counter() - t
+        if "search" in PARTS:
+            t = time.perf_counter()
+            rows, timings["search"] = rows + part_search(data, generators["vq_mlp"], s), time.perf_counter() - t
+    if "speed" in PARTS:
+        t = time.perf_counter()
+        rows, timings["speed"] = rows + part_speed(s, device), time.perf_counter() - t
+    if "memory" in PARTS:
+        t = time.perf_counter()
+        rows, timings["memory"] = rows + part_memory(s), time.perf_counter() - t
     notes = [
         f"- data: {source}; train {len(data.train)}, val {len(data.val)}, test {len(data.test)}; "
         f"accuracies on {min(s.train_eval, len(data.train))} train examples and the whole test split.",
-        f"- sizes: {s}",
+        f"- sizes: {s}; parts: {', '.join(PARTS)}.",
         "- wall seconds per part: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
         + f"; suite {time.perf_counter() - start:.0f} s.",
     ]
