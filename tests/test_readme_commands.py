@@ -110,3 +110,12 @@ def test_ensemble_example(workdir: Path) -> None:
     summary = json.loads((workdir / "runs" / "ensemble" / "summary.json").read_text())
     assert summary["status"] == "finished"
     assert "ensemble" in summary  # the ensemble's and the best member's metrics on val and test
+
+
+def test_hypernet_example(workdir: Path) -> None:
+    sets = ["--set", "generations=20", "--set", "eval_every=10"]
+    evoens(workdir, "run", "examples/hypernet-digits.toml", "--out", "runs/hypernet", "--threads", "1", *sets)
+    summary = json.loads((workdir / "runs" / "hypernet" / "summary.json").read_text())
+    assert summary["status"] == "finished"
+    entry = summary["hypernet"]  # the judged members' ensemble and mean accuracy, NLL, ECE, output variance
+    assert entry["members"] == 16 and 0.0 <= entry["test"]["ensemble_accuracy"] <= 1.0

@@ -12,8 +12,9 @@ as a share of the sgemm peak; a decode's peak memory with and without checkpoint
 
 Default mode: the seed's hyper-parameters with fewer steps (a 164.5 M-parameter refiner takes seconds
 a step on 2 CPU cores); ``EVOENS_HYPERNET_FULL=1`` runs the seed's lengths (30,000 baseline steps,
-6,300 meta-steps). Quick mode: digits, tiny sizes. As a script:
-``python -m evoens_benchmarks.hypernet [--quick] [--out DIR] [--device cpu|cuda]``.
+6,300 meta-steps; ``--full`` as a script). ``EVOENS_HYPERNET_PARTS`` picks parts (``mnist,search,speed,
+memory``). Quick mode: digits, tiny sizes. MNIST is read from ``$EVOENS_DATA_DIR/mnist`` (digits when
+absent). As a script: ``python -m evoens_benchmarks.hypernet [--quick] [--full] [--out DIR] [--device cpu|cuda]``.
 """
 
 from __future__ import annotations
@@ -287,4 +288,7 @@ def suite(quick: bool, device: torch.device, env: dict[str, Any], *, sizes: Size
 if __name__ == "__main__":
     from evoens_benchmarks import main
 
+    if "--full" in sys.argv:  # the seed's lengths; read when evoens bench imports the suite module
+        sys.argv.remove("--full")
+        os.environ["EVOENS_HYPERNET_FULL"] = "1"
     sys.exit(main("hypernet", sys.argv[1:]))
