@@ -607,8 +607,7 @@ def suite(quick: bool, device: torch.device, env: dict[str, Any], *, sizes: Size
 if __name__ == "__main__":
     from evoens_benchmarks import main
 
-    argv = sys.argv[1:]
-    if "--full" in argv:  # read when evoens bench imports the suite module
-        argv.remove("--full")
+    if "--full" in sys.argv:  # read when evoens bench imports the suite module
+        sys.argv.remove("--full")
         os.environ["EVOENS_SIZING_FULL"] = "1"
-    sys.exit(main("sizing", argv))
+    sys.exit(main("sizing", sys.argv[1:]))

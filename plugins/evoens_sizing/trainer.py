@@ -128,6 +128,36 @@ class SizingTrainer:
                 total = total + 0.5 * self.weight_decay * weight_penalty(p, lead=1)
         return total
 
+    def regularizer_grad(self) -> Tensor:
+        """The gradient of ``sum_i lambda_i size_penalty_i + weight_terms_i`` w.r.t. the flat
+        parameters, in closed form (equal to autograd's, tested): ``lambda [theta > 0]`` (strict) or
+        ``lambda sign(theta)`` (l1) for switches, ``lambda s (g(0) - g(N))`` for a gate's stored x0,
+        ``2 lambda_2 W`` and ``weight_decay p`` for the weight terms: (P, D)."""
+        pop = self.population
+        flat = pop.flat.detach()
+        grad = torch.zeros_like(flat)  # (P, D)
+        lam = self.schedule.lam.to(flat.device, flat.dtype)[:, None]  # (P, 1)
+        modules = dict(self.layers)
+        for slot in pop.layout:
+            value = flat[:, slot.offset : slot.offset + slot.numel]  # (P, numel)
+            out = grad[:, slot.offset : slot.offset + slot.numel]
+            layer, _, attr = slot.name.rpartition(".")
+            if attr == "theta" and layer in modules:
+                mode = modules[layer].mode
+                out += lam * ((value > 0).to(flat.dtype) if mode == "strict" else torch.sign(value))
+            elif attr == "x0_raw" and layer in modules:
+                m = modules[layer]
+                x0 = value * m.x0_scale  # (P, 1)
+                k = float(m.k)
+                slope = torch.sigmoid(k * x0) - torch.sigmoid(k * (x0 - m.out_features))
+                out += lam * m.x0_scale * slope
+            else:
+                if self.opts.weight_l2 and attr == "weight":
+                    out += 2 * self.opts.weight_l2 * value
+                if self.weight_decay:
+                    out += self.weight_decay * value
+        return grad
+
     def capacity(self) -> dict[str, Tensor]:
         """Per sized layer, every member's live units (switches) or effective size (gates): (P,)."""
         params = self.population.params
@@ -150,12 +180,11 @@ class SizingTrainer:
         x, y = (t.to(pop.flat.device, non_blocking=True) for t in self.batcher.next())
         fitness, clean, _ = evaluate(Candidates([pop]), (x, y))  # (P,), differentiable
         finite = torch.isfinite(fitness)  # (P,)
-        params = pop.params
-        lam = self.schedule.lam.to(fitness.device)
         loss = -torch.where(finite, fitness, torch.zeros_like(fitness)).sum()
-        loss = loss + (lam * self.size_penalty(params)).sum() + self.weight_terms(params).sum()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        with torch.no_grad():  # the penalties' gradients in closed form: no (P, D) autograd views to add up
+            pop.flat.grad += self.regularizer_grad()  # (P, D)
         self.optimizer.step()
         stats = self._stats(clean)
         if self.opts.dead_every and (generation + 1) % self.opts.dead_every == 0:

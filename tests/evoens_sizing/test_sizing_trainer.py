@@ -116,3 +116,22 @@ def test_members_are_compacted_into_species_by_width() -> None:
     x = torch.randn(15, 10)
     assert sorted(p.template[0].out_features for p in cands.species) == [11, 16]
     assert (cands.logits(x) - trainer.population(x)).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize(("layer", "mode"), [("switch", "strict"), ("switch", "l1"), ("gated", "strict")])
+def test_closed_form_penalty_gradients_equal_autograd(layer: str, mode: str) -> None:
+    net = sizing_mlp((10,), 3, [12], layer=layer, mode=mode, x0=7.0)
+    split = _data()
+    opts = SizingOptions(lams=[0.3, 0.01, 0.0], weight_l2=0.02, lr_x0=0.5)
+    trainer = SizingTrainer(net, 3, opts, lr=0.05, batcher=Batcher(split, 64, 0), device=torch.device("cpu"),
+                            seed=0, weight_decay=1e-2)  # fmt: skip
+    with torch.no_grad():
+        if layer == "switch":
+            trainer.population.params["0.theta"][:, ::3] = -0.2  # dead ones and the l1 push back
+        else:
+            trainer.population.params["0.x0_raw"].copy_(torch.tensor([1.0, 14.0, 30.0]))
+    flat = trainer.population.flat
+    params = trainer.population.params
+    total = (trainer.schedule.lam * trainer.size_penalty(params)).sum() + trainer.weight_terms(params).sum()
+    (expected,) = torch.autograd.grad(total, flat)
+    torch.testing.assert_close(trainer.regularizer_grad(), expected, rtol=1e-5, atol=1e-7)
