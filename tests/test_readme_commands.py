@@ -113,7 +113,7 @@ def test_ensemble_example(workdir: Path) -> None:
 
 
 def test_hypernet_example(workdir: Path) -> None:
-    sets = ["--set", "generations=20", "--set", "eval_every=10"]
+    sets = ["--set", "generations=4", "--set", "eval_every=2"]
     evoens(workdir, "run", "examples/hypernet-digits.toml", "--out", "runs/hypernet", "--threads", "1", *sets)
     summary = json.loads((workdir / "runs" / "hypernet" / "summary.json").read_text())
     assert summary["status"] == "finished"
