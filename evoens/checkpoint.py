@@ -186,7 +186,8 @@ def save(run_dir: Path, generation: int, state: dict[str, Any], keep: int) -> Pa
     buffer = io.BytesIO()
     torch.save(payload, buffer)  # in memory first: torch's writer reports a full disk as a RuntimeError
     try:
-        write_file(tmp, buffer.getbuffer())
+        with buffer.getbuffer() as view:  # released before the buffer is (else a BufferError at collection)
+            write_file(tmp, view)
         os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)
