@@ -94,7 +94,7 @@ def load_data(quick: bool) -> tuple[DataSplits, str]:
         if (folder / "mnist").is_dir():
             from evoens.datasets.mnist import load_mnist
 
-            return load_mnist(folder, seed=0, val_fraction=1 / 12, download=False), f"MNIST ({folder}/mnist)"
+            return load_mnist(folder, seed=0, val_fraction=1 / 12, download=False), "MNIST (the data dir's mnist/)"
     why = "quick mode" if quick else "MNIST absent from the data dir"
     return load_digits(seed=0, val_fraction=0.15, test_fraction=0.25), f"digits ({why})"
 

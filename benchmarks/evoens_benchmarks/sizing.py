@@ -125,7 +125,7 @@ def load_data(quick: bool) -> tuple[DataSplits, str, DataSplits | None]:
                 fashion = normalized(load_fashion_mnist(folder, seed=0, val_fraction=0.0, download=False))
             except Exception:  # noqa: BLE001 - absent or incomplete files: the suite runs without it
                 fashion = None
-            return mnist, f"MNIST ({folder}/mnist)", fashion
+            return mnist, "MNIST (the data dir's mnist/)", fashion
     why = "quick mode" if quick else "MNIST absent from the data dir"
     digits = load_digits(seed=0, val_fraction=0.0, test_fraction=0.25)
     flat = (math.prod(digits.input_shape),)

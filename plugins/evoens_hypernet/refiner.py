@@ -93,24 +93,23 @@ class VQRefiner(Generator):
             o = self.out_layer(self._hidden(self.stage_embedding[t], u)).view(N, K, D) + self.biases[t]  # (N, K, D)
         return self.output_scales[t] * o + u[:, None, :]
 
-    def step(self, u: Tensor, z: Tensor, b: Tensor, e: Tensor, sigma: Tensor, token: Tensor | None = None,
+    def step(self, u: Tensor, rows: list[Tensor], b: Tensor, e: Tensor, sigma: Tensor, token: Tensor | None = None,
              deferred: DeferredWeights | None = None) -> Tensor:  # fmt: skip
-        """One stage of the MLP refiner with choices ``z`` (N,), their biases ``b = b_{t, z}`` (N, D), the
-        stage's embedding ``e`` (H,) and scale ``sigma`` (): ``u + σ_t · o_{t, z}(u)`` ``(N, D)``,
-        computing only the chosen blocks of the output layer."""
+        """One stage of the MLP refiner: ``rows[k]`` are the members choosing option k, ``b = b_{t, z}``
+        (N, D) their biases, ``e`` (H,) the stage's embedding and ``sigma`` () its scale:
+        ``u + σ_t · o_{t, z}(u)`` ``(N, D)``, computing only the chosen blocks of the output layer."""
         h = self._hidden(e, u, token, deferred)  # (N, H)
         D = self.space.dim
         o = torch.zeros_like(u)  # (N, D)
-        for k in range(self.options):
-            rows = (z == k).nonzero().squeeze(1)  # members choosing option k
-            if not rows.numel():
+        for k, members in enumerate(rows):
+            if not len(members):
                 continue
             block = slice(k * D, (k + 1) * D)
             if deferred is None:
-                out = F.linear(h.index_select(0, rows), self.out_layer.weight[block], self.out_layer.bias[block])
+                out = F.linear(h.index_select(0, members), self.out_layer.weight[block], self.out_layer.bias[block])
             else:
-                out = deferred.linear(token, "out", h.index_select(0, rows), block)  # (n_k, D)
-            o = o.index_copy(0, rows, out)
+                out = deferred.linear(token, "out", h.index_select(0, members), block)  # (n_k, D)
+            o = o.index_copy(0, members, out)
         return u + sigma * (o + b)
 
     # ------------------------------------------------------------------ decode / encode
@@ -130,13 +129,21 @@ class VQRefiner(Generator):
         grad = torch.is_grad_enabled()
         deferred = self._deferred() if grad and self.deferred_grads else None
         token = deferred.token() if deferred is not None else None
+        groups = self._option_rows(codes)
         sequence = []
         for t in range(T):
-            args = (u, codes[:, t], b_t[t], e_t[t], sigma_t[t], token, deferred)
+            args = (u, groups[t], b_t[t], e_t[t], sigma_t[t], token, deferred)
             u = checkpoint(self.step, *args, use_reentrant=False) if grad and self.use_checkpoint else self.step(*args)
             if return_sequence:
                 sequence.append(u)
         return torch.stack(sequence, dim=1) if return_sequence else u
+
+    def _option_rows(self, codes: Tensor) -> list[list[Tensor]]:
+        """``[t][k]``: the members choosing option k at stage t, grouped on the host from ONE copy of
+        the codes (not a device sync per stage and option)."""
+        host = codes.cpu()  # (N, T)
+        return [[(host[:, t] == k).nonzero().squeeze(1).to(self.device, non_blocking=True)
+                 for k in range(self.options)] for t in range(self.stages)]  # fmt: skip
 
     def _deferred(self) -> DeferredWeights:
         first = self.in_layer[0]

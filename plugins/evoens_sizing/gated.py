@@ -52,31 +52,38 @@ def gray_zone(k: float, eps: float = 0.01) -> float:
     return 2.0 * math.log((1.0 - eps) / eps) / k
 
 
-class GatedLinear(nn.Linear):
-    """``(W x + b) * g(x0)`` (ReLU goes after; g > 0, so it equals ``relu(W x + b) * g``).
+class _Gated:
+    """What a gated layer shares: x0 (learnable, stored as ``x0_raw = x0 / x0_scale``), the slope k,
+    the gate over ``_units`` outputs, its integral penalty and the effective size."""
 
-    x0 is stored as ``x0 / x0_scale``: with ``x0_scale = s`` one Adam of learning rate ``lr`` moves
-    x0 as an Adam of rate ``s * lr`` would (Adam is invariant to gradient scale), which lets a
-    population trainer with one optimizer give x0 its own rate. Standalone, keep ``x0_scale = 1``
-    and use :func:`gate_param_groups`."""
+    start: float
+    x0_scale: float
+    x0_raw: nn.Parameter
+    k: Tensor
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, k: float = 0.4,
-                 x0: float | None = None, learn_k: bool = False, x0_scale: float = 1.0) -> None:  # fmt: skip
+    def _init_gate(self, k: float, x0_scale: float, learn_k: bool) -> None:
+        """Called after the layer's own ``__init__`` (which calls ``reset_parameters`` before x0 exists)."""
+        self.x0_raw = nn.Parameter(torch.tensor(self.start / x0_scale))
+        if learn_k:
+            self.k = nn.Parameter(torch.tensor(float(k)))
+        else:
+            self.register_buffer("k", torch.tensor(float(k)))  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _check(k: float, x0_scale: float) -> None:
         if k <= 0 or not math.isfinite(k):
             raise ValueError(f"gate slope k must be a positive number, got {k}")
         if x0_scale <= 0:
             raise ValueError(f"x0_scale must be > 0, got {x0_scale}")
-        self.start = float(out_features if x0 is None else x0)
-        self.x0_scale = float(x0_scale)
-        super().__init__(in_features, out_features, bias)
-        self.x0_raw = nn.Parameter(torch.tensor(self.start / self.x0_scale))
-        if learn_k:
-            self.k = nn.Parameter(torch.tensor(float(k)))
-        else:
-            self.register_buffer("k", torch.tensor(float(k)))
+
+    units_attr = "out_features"  # the layer's attribute that counts the gated units
+
+    @property
+    def _units(self) -> int:
+        return int(getattr(self, self.units_attr))
 
     def reset_parameters(self) -> None:
-        super().reset_parameters()
+        super().reset_parameters()  # type: ignore[misc]
         if hasattr(self, "x0_raw"):
             with torch.no_grad():
                 self.x0_raw.fill_(self.start / self.x0_scale)
@@ -86,57 +93,53 @@ class GatedLinear(nn.Linear):
         return self.x0_raw * self.x0_scale  # ()
 
     def gate(self) -> Tensor:
-        return gate(self.x0, self.k, self.out_features)  # (out,)
+        return gate(self.x0, self.k, self._units)  # (units,)
+
+    def size_penalty(self) -> Tensor:
+        """The gate integral S(x0) in [0, units]."""
+        return gate_integral(self.x0, self.k, self._units)
+
+    def effective_size(self) -> float:
+        """x0 clamped to [0, units]."""
+        return float(self.x0.detach().clamp(0, self._units))
+
+
+class GatedLinear(_Gated, nn.Linear):
+    """``(W x + b) * g(x0)`` (ReLU goes after; g > 0, so it equals ``relu(W x + b) * g``).
+
+    x0 is stored as ``x0 / x0_scale``: with ``x0_scale = s`` one Adam of learning rate ``lr`` moves
+    x0 as an Adam of rate ``s * lr`` would (Adam is invariant to gradient scale), which lets a
+    population trainer with one optimizer give x0 its own rate. Standalone, keep ``x0_scale = 1``
+    and use :func:`gate_param_groups`."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, k: float = 0.4,
+                 x0: float | None = None, learn_k: bool = False, x0_scale: float = 1.0) -> None:  # fmt: skip
+        self._check(k, x0_scale)
+        self.start, self.x0_scale = float(out_features if x0 is None else x0), float(x0_scale)
+        super().__init__(in_features, out_features, bias)
+        self._init_gate(k, x0_scale, learn_k)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight, self.bias) * self.gate()  # (B, out)
-
-    def size_penalty(self) -> Tensor:
-        """The gate integral S(x0) in [0, out_features]."""
-        return gate_integral(self.x0, self.k, self.out_features)
-
-    def effective_size(self) -> float:
-        """x0 clamped to [0, out_features]."""
-        return float(self.x0.detach().clamp(0, self.out_features))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, k={float(self.k):g}, x0={float(self.x0.detach()):.4g}"
 
 
-class GatedConv2d(nn.Conv2d):
+class GatedConv2d(_Gated, nn.Conv2d):
     """``conv(x) * g(x0)`` per output channel: the gate of :class:`GatedLinear` over channels."""
+
+    units_attr = "out_channels"
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
                  bias: bool = True, *, k: float = 0.4, x0: float | None = None) -> None:  # fmt: skip
-        if k <= 0 or not math.isfinite(k):
-            raise ValueError(f"gate slope k must be a positive number, got {k}")
-        self.start = float(out_channels if x0 is None else x0)
-        self.x0_scale = 1.0
+        self._check(k, 1.0)
+        self.start, self.x0_scale = float(out_channels if x0 is None else x0), 1.0
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias)
-        self.x0_raw = nn.Parameter(torch.tensor(self.start))
-        self.register_buffer("k", torch.tensor(float(k)))
-
-    def reset_parameters(self) -> None:
-        super().reset_parameters()
-        if hasattr(self, "x0_raw"):
-            with torch.no_grad():
-                self.x0_raw.fill_(self.start / self.x0_scale)
-
-    @property
-    def x0(self) -> Tensor:
-        return self.x0_raw * self.x0_scale
-
-    def gate(self) -> Tensor:
-        return gate(self.x0, self.k, self.out_channels)  # (out,)
+        self._init_gate(k, 1.0, learn_k=False)
 
     def forward(self, x: Tensor) -> Tensor:
         return self._conv_forward(x, self.weight, self.bias) * self.gate()[:, None, None]  # (B, out, H, W)
-
-    def size_penalty(self) -> Tensor:
-        return gate_integral(self.x0, self.k, self.out_channels)
-
-    def effective_size(self) -> float:
-        return float(self.x0.detach().clamp(0, self.out_channels))
 
 
 def gate_param_groups(model: nn.Module, lr_x0: float = 1.0, weight_decay: float = 0.0) -> list[dict[str, Any]]:
