@@ -48,7 +48,7 @@ from evoens.manager import GROUP, LOCAL
 if TYPE_CHECKING:
     from evoens.config import RayConfig
     from evoens.evolution import PopulationProblem
-    from evoens.run import Run
+    from evoens.run import Run, RunContext
 
 log = logging.getLogger("evoens")
 
@@ -122,7 +122,7 @@ class Manifest:
     seed: int
 
 
-def _how_to_import(run: Run, name: str, plugin: object) -> tuple[str, ...] | None:
+def _how_to_import(run: Run | RunContext, name: str, plugin: object) -> tuple[str, ...] | None:
     info = run.pm.infos.get(name)
     if info is not None and info.version == LOCAL and info.dist:
         with open(info.dist, encoding="utf-8") as fh:
@@ -135,7 +135,7 @@ def _how_to_import(run: Run, name: str, plugin: object) -> tuple[str, ...] | Non
     return None
 
 
-def _shippable(run: Run, plugin: str) -> str | None:
+def _shippable(run: Run | RunContext, plugin: str) -> str | None:
     """Why ``plugin`` cannot be imported in an actor, or None."""
     if _how_to_import(run, plugin, run.pm.get_plugin(plugin)) is None:
         return (
@@ -145,7 +145,7 @@ def _shippable(run: Run, plugin: str) -> str | None:
     return None
 
 
-def refusal(run: Run) -> str | None:
+def refusal(run: Run | RunContext) -> str | None:
     """One line naming the first plugin that cannot take part in an actor evaluation, or None."""
     n = run.config.trainer.num_actors
     fix = f"or run without actors (trainer.num_actors = 0, now {n!r})"
@@ -483,6 +483,17 @@ def resolve_actors(ray: Any, wanted: int | str, device: torch.device, settings: 
             f"{gpus:g} GPU(s)"
         )
     return n, threads, per_gpu
+
+
+def preflight(context: RunContext) -> None:
+    """While the run is built, before its directory exists: refuse in one line a plugin that cannot
+    run in the actors, a missing Ray, an address where no cluster answers, or more actors x threads
+    than the cluster has (connecting, or starting the local instance, that the run then uses)."""
+    why = refusal(context)
+    if why:
+        raise PluginError(why)
+    settings = context.config.ray
+    resolve_actors(connect(settings.address), context.config.trainer.num_actors, context.device, settings)
 
 
 def start(problem: PopulationProblem, run: Run) -> ActorPool:

@@ -198,6 +198,8 @@ class EvolutionTrainer:
     """One generation = draw a minibatch, then one EvoTorch ``searcher.step()``, whose evaluation
     of the sampled solutions is the generation's evaluation phases."""
 
+    ray_actors = True  # evaluates in Ray actors with trainer.num_actors (evoens.kinds.Trainer)
+
     def __init__(self, problem: PopulationProblem, searcher: Any, batcher: Batcher) -> None:
         self.problem = problem
         self.searcher = searcher

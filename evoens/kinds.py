@@ -50,7 +50,9 @@ class Trainer(Protocol):
     generation's statistics (at least ``best_fitness``; 0-d tensors are fine, the engine moves
     them to the host once). ``candidates()`` are the models worth testing as the run's final
     result (named; any species). ``state_dict``/``load_state_dict`` hold everything needed to
-    continue bit for bit, loadable with ``torch.load(weights_only=True)``.
+    continue bit for bit, loadable with ``torch.load(weights_only=True)``. A trainer that evaluates
+    in Ray actors with ``trainer.num_actors`` says so with ``ray_actors = True``; a run that sets
+    ``num_actors`` with any other trainer is refused, never silently run in one process.
     """
 
     def step(self, generation: int, evaluate: Evaluate) -> dict[str, Any]: ...

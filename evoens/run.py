@@ -208,6 +208,13 @@ def _assemble(config: RunConfig, out_dir: Path, pm: PluginManager, registry: Reg
         if failure is not None:
             raise failure from exc
         raise
+    if config.trainer.num_actors and not getattr(trainer, "ray_actors", False):
+        plugin = registry.get("trainer", config.trainer.name).plugin
+        raise ConfigError(
+            f"trainer.num_actors = {config.trainer.num_actors!r}, but trainer '{config.trainer.name}' (plugin "
+            f"'{plugin}') evaluates in this process, not in Ray actors (only trainers with ray_actors = True, such "
+            "as 'evolution', do): set trainer.num_actors = 0"
+        )
     return Run(context, trainer)
 
 

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from evoens import hookimpl
-from evoens.config import RunConfig
+from evoens.config import ConfigError, RunConfig
 from evoens.engine import execute, resume
 from evoens.errors import PluginError, RunError, UserError
 from evoens.manager import create_plugin_manager
@@ -116,6 +116,16 @@ def test_an_evaluate_plugin_without_the_declaration_refuses_actors(tmp_path: Pat
     assert "\n" not in message and "plugin 'probe' implements evoens_evaluate" in message
     assert "EVOENS_ACTOR_SAFE = True" in message and "trainer.num_actors = 0" in message
     assert where_ran(tmp_path) == []  # refused before anything was evaluated, here or elsewhere
+    assert not (tmp_path / "run").exists()  # ... and before the run directory was made
+
+
+def test_num_actors_with_a_trainer_that_does_not_run_actors_is_refused(tmp_path: Path) -> None:
+    cfg = config(tmp_path, actors=2, trainer={"name": "gradient", "strategy": "bmm"})
+    with pytest.raises(ConfigError) as err:
+        execute(cfg, tmp_path / "run", manager())
+    message = str(err.value)
+    assert "\n" not in message and "trainer 'gradient' (plugin 'core') evaluates in this process" in message
+    assert "set trainer.num_actors = 0" in message and not (tmp_path / "run").exists()
 
 
 def test_the_refusal_is_one_line_and_exit_2_on_the_command_line(tmp_path: Path, capsys: Any) -> None:
@@ -185,7 +195,7 @@ def test_an_address_where_no_cluster_answers_is_one_line_and_exit_2(tmp_path: Pa
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert err[0].startswith(f"evoens: error: ray.address = '127.0.0.1:{port}': no Ray cluster answers there")
-    assert f'address = "127.0.0.1:{port}"' in (tmp_path / "run" / "config.toml").read_text()
+    assert not (tmp_path / "run").exists()  # refused while the run was built: nothing was created
 
 
 # --- with a local Ray instance --------------------------------------------------------------------

@@ -28,6 +28,10 @@ _OWN_STRATEGIES, _OWN_ACTIVATIONS, _OWN_OPTIMIZERS = dict(STRATEGIES), dict(ACTI
 def evolution_trainer(run: RunContext, options: None) -> EvolutionTrainer:
     cfg = run.config.trainer
     check_population_fits(cfg.popsize, run.template, run.device, {"solutions": 1, "their samples": 1})
+    if cfg.num_actors:
+        from evoens import distributed  # Ray is imported only for an actor run
+
+        distributed.preflight(run)
     return build_evolution(
         run.template,
         run.fitness_fn,
