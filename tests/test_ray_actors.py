@@ -3,8 +3,8 @@ actors or the run refuses actors, a plugin missing on a worker is one line, a ki
 replaced (or the run stops resumably), and an actor run equals and resumes like a run without Ray.
 
 The refusals need no Ray; everything else skips without it (``pip install 'evoens[ray]'``). The
-default suite keeps the plugin-in-actor, killed-actor and missing-plugin cases (about 30 s);
-exact resume, max_restarts, the CPU budget and threads are ``slow`` (tox -e slow, about 30 s).
+default suite keeps the plugin-in-actor and missing-plugin cases (about 30 s); the killed actor,
+exact resume, max_restarts, the CPU budget and threads are ``slow`` (tox -e slow, a few minutes).
 """
 
 from __future__ import annotations
@@ -244,6 +244,7 @@ def test_an_evaluate_plugin_runs_inside_the_actors(tmp_path: Path, local_ray: An
     assert all(sum(1 for g2, _, _ in rows if g2 == g) == 2 for g in range(4))
 
 
+@pytest.mark.slow
 def test_a_killed_actor_is_replaced_and_its_share_evaluated_again(
     tmp_path: Path, local_ray: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

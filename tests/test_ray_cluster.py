@@ -118,6 +118,7 @@ def _evoens(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 # In the default suite: 47-63 s on the shared 2-core machine (cluster start 13-21 s, the two runs
 # 28-37 s, stop 3 s), "about a minute" (issue 17); skipped without Ray's `ray` command.
+@pytest.mark.slow  # about a minute: two Ray nodes start (tox -e slow)
 def test_a_run_against_a_two_node_cluster_equals_the_run_without_ray(tmp_path: Path, cluster: str) -> None:
     plugins = tmp_path / "plugins"
     plugins.mkdir()

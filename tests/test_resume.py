@@ -87,8 +87,18 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, A
     return found
 
 
-@pytest.mark.parametrize("trainer", ["evolution", "gradient"])
-@pytest.mark.parametrize(("hook", "at"), [("after_ask", 2), ("report", 4)])
+SLOW = pytest.mark.slow  # the default suite kills each trainer at one place; tox -e slow at both
+
+
+@pytest.mark.parametrize(
+    ("trainer", "hook", "at"),
+    [
+        ("evolution", "after_ask", 2),
+        ("gradient", "report", 4),
+        pytest.param("evolution", "report", 4, marks=SLOW),
+        pytest.param("gradient", "after_ask", 2, marks=SLOW),
+    ],
+)
 def test_resume_after_kill_9_equals_an_uninterrupted_run(
     tmp_path: Path, reference: dict[str, Any], trainer: str, hook: str, at: int
 ) -> None:
