@@ -115,9 +115,11 @@ def markdown(result: BenchResult, env: dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-_RUNNING: dict[str, Any] = {}  # the suite run_suite is running: {"name", "last"} (monotonic time of a line)
+_RUNNING: dict[str, Any] = {}  # the suite run_suite runs: name, started, expected, last (monotonic), parts
 HEARTBEAT_SECONDS = 30.0
 """A suite that printed nothing for this long gets a line saying it still runs."""
+COMMITTED_RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+"""The results committed with a source checkout (absent from a wheel): estimates when ``--out`` is elsewhere."""
 
 
 def _say(line: str) -> None:
@@ -130,39 +132,87 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
+def _so_far(now: float, since: float) -> str:
+    """``1m10s in`` since the suite started (else ``since``), ``of about 2m46s`` where a run was recorded."""
+    expected = _RUNNING.get("expected")
+    about = f" of about {_duration(expected)}" if expected else ""
+    return f"{_duration(now - _RUNNING.get('started', since))} in{about}"
+
+
 _T = TypeVar("_T")
 
 
 def cells(items: Iterable[_T], describe: Callable[[_T], str] = str) -> Iterator[_T]:
     """A suite's grid, one progress line on stderr before each cell: ``bench NAME: cell 2/6 MLP
-    P=256 (14s in, about 40s left)``, the time left from the mean of the cells so far."""
+    P=256 (14s in, about 40s left)``: the time since the suite started and, from the mean of the
+    cells so far, the grid's time left. Inside :func:`part` the line names the part: ``bench NAME:
+    b ensemble vs wide > cell 2/3 ... (1m10s in, about 20s left in b ensemble vs wide)``."""
     grid = list(items)
-    started = time.perf_counter()
+    started = time.monotonic()
+    parts = list(_RUNNING.get("parts", ()))
+    where, within = "".join(f"{p} > " for p in parts), f" in {parts[-1]}" if parts else ""
     for k, item in enumerate(grid):
-        elapsed = time.perf_counter() - started
-        left = f", about {_duration(elapsed / k * (len(grid) - k))} left" if k else ""
-        _say(f"bench {_RUNNING.get('name', 'suite')}: cell {k + 1}/{len(grid)} {describe(item)} "
-             f"({_duration(elapsed)} in{left})")  # fmt: skip
+        now = time.monotonic()
+        left = f", about {_duration((now - started) / k * (len(grid) - k))} left{within}" if k else ""
+        elapsed = _duration(now - _RUNNING.get("started", started))
+        _say(f"bench {_RUNNING.get('name', 'suite')}: {where}cell {k + 1}/{len(grid)} {describe(item)} "
+             f"({elapsed} in{left})")  # fmt: skip
         yield item
+
+
+@contextmanager
+def part(label: str) -> Iterator[None]:
+    """A named part of a suite, ``with part("b ensemble vs wide"):``: a line as it starts, ``bench
+    NAME: part b ensemble vs wide (1m10s in of about 2m46s)``; the :func:`cells` inside name it."""
+    parts = _RUNNING.setdefault("parts", [])
+    parts.append(label)
+    now = time.monotonic()
+    _say(f"bench {_RUNNING.get('name', 'suite')}: part {' > '.join(parts)} ({_so_far(now, now)})")
+    try:
+        yield
+    finally:
+        parts.pop()
+
+
+def _roots(out: Path) -> list[Path]:
+    """``out`` and, when it is another folder, the committed results."""
+    return [out] + ([COMMITTED_RESULTS] if COMMITTED_RESULTS.resolve() != out.resolve() else [])
 
 
 def recorded_seconds(name: str, quick: bool, out: Path) -> tuple[float, Path] | None:
     """How long the newest recorded run of suite ``name`` in this mode took (``wall_seconds`` of a
-    ``NAME.json`` in ``out`` or a folder below it, e.g. benchmarks/results/cpu-2core/), and where."""
+    ``NAME.json`` in ``out``, in the committed results, or a folder below either, e.g.
+    benchmarks/results/cpu-2core-quick/), and where."""
     found = []
-    for path in [out / f"{name}.json", *sorted(out.glob(f"*/{name}.json"))]:
-        try:
-            payload = json.loads(path.read_text())
-            seconds = payload["wall_seconds"]
-            if payload.get("quick") == quick and isinstance(seconds, (int, float)):
-                found.append((path.stat().st_mtime, float(seconds), path))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            continue
+    for root in _roots(out):
+        for path in [root / f"{name}.json", *sorted(root.glob(f"*/{name}.json"))]:
+            try:
+                payload = json.loads(path.read_text())
+                seconds = payload["wall_seconds"]
+                if payload.get("quick") == quick and isinstance(seconds, (int, float)):
+                    found.append((path.stat().st_mtime, float(seconds), path))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                continue
     return max(found)[1:] if found else None
 
 
+def _estimate(name: str, quick: bool, out: Path) -> tuple[str, float | None]:
+    """The up-front line and the expected seconds (None: no run in this mode recorded)."""
+    mode = " --quick" if quick else ""
+    recorded = recorded_seconds(name, quick, out)
+    if recorded:
+        seconds, path = recorded
+        return f"bench {name}{mode}: about {_duration(seconds)} (its last run took that: {path})", seconds
+    shorter = None if quick else recorded_seconds(name, True, out)
+    if shorter:
+        return (f"bench {name}: no run in this mode recorded; its --quick run took {_duration(shorter[0])} "
+                f"({shorter[1]}), this mode takes longer", None)  # fmt: skip
+    where = " or ".join(str(root) for root in _roots(out))
+    return f"bench {name}{mode}: no earlier run recorded in {where} to estimate its duration from", None
+
+
 @contextmanager
-def _heartbeat(name: str, expected: float | None) -> Iterator[None]:
+def _heartbeat(name: str) -> Iterator[None]:
     """A line every HEARTBEAT_SECONDS in which the suite printed nothing, until the block ends."""
     stop = threading.Event()
     started = time.monotonic()
@@ -171,8 +221,7 @@ def _heartbeat(name: str, expected: float | None) -> Iterator[None]:
         while not stop.wait(1.0):
             now = time.monotonic()
             if now - _RUNNING.get("last", started) >= HEARTBEAT_SECONDS:
-                about = f" of about {_duration(expected)}" if expected else ""
-                _say(f"bench {name}: still running, {_duration(now - started)} in{about}")
+                _say(f"bench {name}: still running, {_so_far(now, started)}")
 
     thread = threading.Thread(target=beat, name=f"bench-{name}-heartbeat", daemon=True)
     thread.start()
@@ -189,21 +238,21 @@ def run_suite(
     """Run one suite and write its JSON, markdown and plot into ``out``; return the JSON payload.
 
     Says up front how long the suite's last recorded run in this mode took (its estimated duration),
-    then its progress: a line per cell where the suite iterates :func:`cells`, and a line every
-    ``HEARTBEAT_SECONDS`` of silence otherwise."""
+    then its progress: a line per :func:`part` and per cell where the suite iterates :func:`cells`,
+    and a line every ``HEARTBEAT_SECONDS`` of silence otherwise."""
     out.mkdir(parents=True, exist_ok=True)
     mode = " --quick" if quick else ""
-    recorded = recorded_seconds(name, quick, out)
+    line, expected = _estimate(name, quick, out)
     _RUNNING.clear()
-    _RUNNING["name"] = name
-    if recorded:
-        _say(f"bench {name}{mode}: about {_duration(recorded[0])} (its last run took that: {recorded[1]})")
-    else:
-        _say(f"bench {name}{mode}: no earlier run recorded in {out} to estimate its duration from")
+    _RUNNING.update(name=name, started=time.monotonic(), expected=expected)
+    _say(line)
     started = time.perf_counter()
-    with _heartbeat(name, recorded[0] if recorded else None):
-        env = environment(device)
-        result = factory(quick=quick, device=device, env=env)
+    try:
+        with _heartbeat(name):
+            env = environment(device)
+            result = factory(quick=quick, device=device, env=env)
+    finally:
+        _RUNNING.clear()  # cells outside a run name no suite and time their own grid
     command = f"evoens bench {name}{mode} --device {device.type}"
     payload = {
         "suite": name,

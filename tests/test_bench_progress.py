@@ -1,10 +1,11 @@
 """``evoens bench NAME``: the suite's estimated duration up front (its last recorded run in this
-mode), a progress line per cell, a line when a suite is silent for long, and the run's wall time
-recorded for the next estimate."""
+mode, in --out or the committed results), a progress line per part and per cell, a line when a
+suite is silent for long, and the run's wall time recorded for the next estimate."""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,16 @@ import pytest
 import torch
 
 from evoens import bench
-from evoens.bench import BenchResult, cells, run_suite
+from evoens.bench import BenchResult, cells, part, recorded_seconds, run_suite
 from evoens.cli import build_parser
 
 CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def _no_sgemm_peak(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The harness's peak measurement is not what these tests check (seconds on a loaded machine)."""
+    monkeypatch.setattr(bench, "sgemm_peak", lambda device, n=2048: 1.0)
 
 
 def _suite(quick: bool, device: torch.device, env: dict[str, Any]) -> BenchResult:
@@ -33,7 +40,8 @@ def test_estimate_up_front_then_a_line_per_cell_and_the_wall_time_recorded(
 ) -> None:
     payload = run_suite(_suite, "grid", quick=True, out=tmp_path, device=CPU)
     first = _lines(capsys)
-    assert first[0] == f"bench grid --quick: no earlier run recorded in {tmp_path} to estimate its duration from"
+    where = f"{tmp_path} or {bench.COMMITTED_RESULTS}"
+    assert first[0] == f"bench grid --quick: no earlier run recorded in {where} to estimate its duration from"
     assert [line.split(" (")[0] for line in first[1:]] == [
         "bench grid: cell 1/3 P=16", "bench grid: cell 2/3 P=64", "bench grid: cell 3/3 P=256",
     ]  # fmt: skip
@@ -68,3 +76,50 @@ def test_the_quick_flags_help_promises_no_fixed_time() -> None:
     bench_parser = build_parser()._subparsers._group_actions[0].choices["bench"]  # type: ignore[union-attr]
     (quick,) = [a for a in bench_parser._actions if a.dest == "quick"]
     assert "a minute or two" not in quick.help and "last recorded run" in quick.help
+
+
+def _parted(quick: bool, device: torch.device, env: dict[str, Any]) -> BenchResult:
+    with part("b wide"):
+        inside = list(cells([1, 2], lambda x: f"x={x}"))
+    return BenchResult("parted", ["x"], [{"x": x} for x in [*inside, *cells([3])]])
+
+
+def test_a_part_says_where_the_suite_is_and_names_the_cells_inside_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "parted.json").write_text(json.dumps({"quick": True, "wall_seconds": 169.0}))
+    run_suite(_parted, "parted", quick=True, out=tmp_path, device=CPU)
+    lines = _lines(capsys)[1:]
+    assert [line.split(" (")[0] for line in lines] == [
+        "bench parted: part b wide", "bench parted: b wide > cell 1/2 x=1", "bench parted: b wide > cell 2/2 x=2",
+        "bench parted: cell 1/1 3",
+    ]  # fmt: skip
+    assert lines[0].endswith(" in of about 2m49s)")  # the suite's time so far of the recorded run's
+    assert lines[2].endswith(" left in b wide)")  # the time left in the part's grid
+    assert lines[3].endswith(" in)")  # after the block: no part named, a fresh grid
+    assert list(cells(["x"])) == ["x"] and _lines(capsys) == ["bench suite: cell 1/1 x (0s in)"]  # after the run
+
+
+def test_the_estimate_reads_a_committed_quick_result_one_folder_deep(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    committed, elsewhere = tmp_path / "committed", tmp_path / "elsewhere"
+    monkeypatch.setattr(bench, "COMMITTED_RESULTS", committed)
+    quick = committed / "cpu-2core-quick" / "grid.json"
+    full = committed / "cpu-2core" / "grid.json"
+    for path, payload in ((quick, {"quick": True, "wall_seconds": 42.0}), (full, {"quick": False})):
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"suite": "grid", **payload}))
+        os.utime(path, (1.0, 1.0))  # committed long ago
+    assert recorded_seconds("grid", True, elsewhere) == (42.0, quick)
+    assert recorded_seconds("grid", False, elsewhere) is None  # the full result has no wall_seconds
+    assert recorded_seconds("grid", True, committed) == (42.0, quick)  # --out the committed tree itself
+
+    run_suite(_suite, "grid", quick=False, out=elsewhere, device=CPU)
+    assert _lines(capsys)[0] == (
+        f"bench grid: no run in this mode recorded; its --quick run took 42s ({quick}), this mode takes longer"
+    )
+    run_suite(_suite, "grid", quick=True, out=elsewhere, device=CPU)
+    assert _lines(capsys)[0] == f"bench grid --quick: about 42s (its last run took that: {quick})"
+    run_suite(_suite, "grid", quick=True, out=elsewhere, device=CPU)  # this machine's own run is newer
+    assert _lines(capsys)[0].endswith(f"(its last run took that: {elsewhere / 'grid.json'})")
