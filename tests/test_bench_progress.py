@@ -4,20 +4,28 @@ suite is silent for long, and the run's wall time recorded for the next estimate
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import sys
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
+from evoens_benchmarks.hooks import SUITES
 
 from evoens import bench
 from evoens.bench import BenchResult, cells, part, recorded_seconds, run_suite
 from evoens.cli import build_parser
+from evoens.manager import create_plugin_manager
 
 CPU = torch.device("cpu")
+MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+READS_MNIST_FIRST = {"binary_mnist", "morph"}  # quick mode loads MNIST before the first cell
 
 
 @pytest.fixture(autouse=True)
@@ -123,3 +131,43 @@ def test_the_estimate_reads_a_committed_quick_result_one_folder_deep(
     assert _lines(capsys)[0] == f"bench grid --quick: about 42s (its last run took that: {quick})"
     run_suite(_suite, "grid", quick=True, out=elsewhere, device=CPU)  # this machine's own run is newer
     assert _lines(capsys)[0].endswith(f"(its last run took that: {elsewhere / 'grid.json'})")
+
+
+class _FirstCell(Exception):
+    """Raised by the patched :func:`cells` after a suite's first cell line: the suite stops right there."""
+
+
+def _first_cell(seen: list[tuple[int, str]]) -> Callable[..., Iterator[Any]]:
+    def first(items: Iterable[Any], describe: Callable[[Any], str] = str) -> Iterator[Any]:
+        grid = list(items)
+        seen.append((len(grid), describe(grid[0])))
+        next(cells(grid, describe))  # the real line
+        raise _FirstCell
+
+    return first
+
+
+@pytest.mark.parametrize("name", sorted(SUITES))
+def test_each_suite_goes_through_cells_and_its_first_lines_say_so(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every registered suite, run in quick mode until its first cell (before that cell's work)."""
+    if name in READS_MNIST_FIRST and not MNIST_DIR.is_dir():
+        pytest.skip(f"MNIST not found in {MNIST_DIR}")
+    monkeypatch.setenv("EVOENS_DATA_DIR", str(MNIST_DIR.parent))
+    fake_ray = SimpleNamespace(__version__="0", cluster_resources=lambda: {"CPU": 2})
+    monkeypatch.setattr("evoens.distributed.connect", lambda address=None, **kw: fake_ray)  # scaling: no Ray
+    importlib.import_module(f"evoens_benchmarks.{name}")
+    seen: list[tuple[int, str]] = []
+    for module in [m for key, m in sys.modules.items() if key.startswith("evoens_benchmarks.")]:
+        if hasattr(module, "cells"):
+            monkeypatch.setattr(module, "cells", _first_cell(seen))
+    factory = create_plugin_manager(env={}).registry.get("benchmark", name).factory
+    with pytest.raises(_FirstCell):
+        run_suite(factory, name, quick=True, out=tmp_path, device=CPU)
+    ((size, described),) = seen
+    assert size >= 1 and 0 < len(described) <= 60, described  # a grid, a short description of its first cell
+    lines = _lines(capsys)
+    assert lines[0].startswith(f"bench {name} --quick: ")  # the estimate first
+    assert all(line.startswith(f"bench {name}: part ") for line in lines[1:-1])  # then any parts it is in
+    assert lines[-1].startswith(f"bench {name}: ") and f"cell 1/{size} {described} (" in lines[-1]

@@ -35,7 +35,7 @@ from evoens_binary.nes import NesConfig, nes_nested
 from evoens_binary.objective import ModelObjective
 from torch import nn
 
-from evoens.bench import BenchResult, torch_threads
+from evoens.bench import BenchResult, cells, part, torch_threads
 from evoens_benchmarks.binary_estimators_report import notes_for, plot_curves
 from evoens_benchmarks.binary_handover import HandoverBench, run_handover
 
@@ -147,11 +147,11 @@ def _aggregate(points: list[dict[str, Any]], cfg: ToyConfig, dim: int) -> list[d
 
 
 def run_estimates(cfg: ToyConfig, device: torch.device = torch.device("cpu")) -> list[dict[str, Any]]:
-    rows = []
-    for dim in cfg.dims:
-        points = [_point(cfg, dim, i, b, device) for i in range(cfg.num_init) for b in range(cfg.num_batch)]
-        rows += _aggregate(points, cfg, dim)
-    return rows
+    grid = [(dim, i, b) for dim in cfg.dims for i in range(cfg.num_init) for b in range(cfg.num_batch)]
+    points: dict[int, list[dict[str, Any]]] = {}
+    for dim, i, b in cells(grid, lambda p: f"d={p[0]} init {p[1]}" + (f" batch {p[2]}" if cfg.num_batch > 1 else "")):
+        points.setdefault(dim, []).append(_point(cfg, dim, i, b, device))
+    return [row for dim in cfg.dims for row in _aggregate(points[dim], cfg, dim)]
 
 
 def suite(quick: bool, device: torch.device, env: dict[str, Any], config: ToyConfig | None = None) -> BenchResult:
@@ -159,9 +159,11 @@ def suite(quick: bool, device: torch.device, env: dict[str, Any], config: ToyCon
     cfg = config or (QUICK if quick else ToyConfig())
     with torch_threads(cfg.threads or None):  # measured ~9x faster per member under load 8
         t0 = time.perf_counter()
-        rows = run_estimates(cfg, device)
+        with part("estimates"):
+            rows = run_estimates(cfg, device)
         t_est = time.perf_counter() - t0
-        train_rows = run_handover(cfg.handover, cfg.seed, device)
+        with part("handover training"):
+            train_rows = run_handover(cfg.handover, cfg.seed, device)
     notes = notes_for(cfg, rows, train_rows, t_est, time.perf_counter() - t0 - t_est)
     columns = ["dim", "estimator", "params", "evals", "loss0", "dec@0.1", "cos_W1", "cos_W2", "cos_W3",
                "best_lr", "best_dec", "raw@0.1"]  # fmt: skip

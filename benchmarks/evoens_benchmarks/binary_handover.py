@@ -26,6 +26,8 @@ from evoens_binary.nes import NesConfig, NesGradient
 from evoens_binary.objective import ModelObjective
 from torch import nn
 
+from evoens.bench import cells
+
 
 @dataclass(frozen=True)
 class HandoverBench:
@@ -76,7 +78,7 @@ def _heldout(student: nn.Module, teacher: nn.Module, cfg: HandoverBench) -> floa
 def run_handover(cfg: HandoverBench, seed: int = 0, device: torch.device = torch.device("cpu")) -> list[dict[str, Any]]:
     """Mean final held-out loss per (dim, method); rows of section ``train``."""
     rows = []
-    for dim in cfg.dims:
+    for dim in cells(cfg.dims, lambda d: f"d={d}, {cfg.num_init} inits, {cfg.steps} steps"):
         finals: dict[str, list[float]] = {}
         switches: dict[str, list[int]] = {}
         for init in range(cfg.num_init):

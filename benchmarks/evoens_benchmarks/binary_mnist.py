@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from evoens.bench import BenchResult, torch_threads
+from evoens.bench import BenchResult, cells, torch_threads
 from evoens.config import config_from_dict
 from evoens.manager import create_plugin_manager
 
@@ -155,7 +155,7 @@ def _run_sizes(sizes: Sizes, device: torch.device, data_dir: str | None) -> Benc
     data = load_dataset(sizes.dataset, data_dir=data_dir, seed=0, val_fraction=0.1, test_fraction=0.2)
     train_size, input_shape = len(data.train.y), tuple(data.input_shape)
     rows, curves = [], {}
-    for kind, trainer, method, amount in _plan(sizes):
+    for kind, trainer, method, amount in cells(_plan(sizes), lambda r: f"{r[0].removeprefix('binary_')} {r[2]}"):
         gens = int(amount) if trainer == "evolution" else _steps(amount, train_size, sizes.batch_size)
         config = run_config(kind, method, sizes, gens, device, data_dir)
         summary, metrics = _execute(config)

@@ -35,7 +35,7 @@ from evoens_ensemble import interp, metrics, robustness, shift
 from evoens_ensemble.fitness import mean_loss
 from torch import Tensor, nn
 
-from evoens.bench import BenchResult, sgemm_peak, synchronize, torch_threads
+from evoens.bench import BenchResult, cells, part, sgemm_peak, synchronize, torch_threads
 from evoens.datasets.base import DataSplits, Split
 from evoens.fitness import neg_cross_entropy
 from evoens.models import mlp
@@ -192,7 +192,8 @@ def part_a(data: DataSplits, s: Sizes) -> tuple[list[dict[str, Any]], list[str],
     evals = checkpoints(s.steps_a, s.checkpoints)
     curves: dict[str, list[tuple[int, float, float]]] = {}
     rows = []
-    for name, size, loss in (("single", 1, "sum"), ("sum M=4", s.members, "sum"), ("mean M=4", s.members, "mean")):
+    runs = (("single", 1, "sum"), ("sum M=4", s.members, "sum"), ("mean M=4", s.members, "mean"))
+    for name, size, loss in cells(runs, lambda run: run[0]):
         pop = population(template, size, seed=1)
         curve: list[tuple[int, float, float]] = []
 
@@ -373,7 +374,7 @@ def part_c(data: DataSplits, s: Sizes) -> tuple[list[dict[str, Any]], list[str],
     xo, yo = flat_x(ood), ood.y
     singles: list[tuple[str, int, float, float]] = []  # (name, step, id, ood)
     ensembles: list[tuple[str, int, float, float]] = []
-    for w in s.widths_c:
+    for w in cells(s.widths_c, lambda w: f"width {w}, {s.seeds_c} seeds"):
         pop = population(mlp((d,), C, [w], "relu"), s.seeds_c, seed=10 + w)
 
         def record(step: int, pop: Population = pop, w: int = w) -> None:
@@ -718,19 +719,24 @@ def suite(quick: bool, device: torch.device, env: dict[str, Any], *, sizes: Size
             "",
         ]
         t = time.perf_counter()
-        r, n, curves = part_a(data, s)
+        with part("a sum vs mean loss"):
+            r, n, curves = part_a(data, s)
         rows, notes, timings["a"] = rows + r, notes + n, time.perf_counter() - t
         t = time.perf_counter()
-        r, n = part_b(data, s)
+        with part("b ensemble vs wide"):
+            r, n = part_b(data, s)
         rows, notes, timings["b"] = rows + r, notes + n, time.perf_counter() - t
         t = time.perf_counter()
-        r, n, er = part_c(data, s)
+        with part("c effective robustness"):
+            r, n, er = part_c(data, s)
         rows, notes, timings["c"] = rows + r, notes + n, time.perf_counter() - t
         t = time.perf_counter()
-        r, n = part_d(data, s)
+        with part("d calibration vs M"):
+            r, n = part_d(data, s)
         rows, notes, timings["d"] = rows + r, notes + n, time.perf_counter() - t
         t = time.perf_counter()
-        r, n = part_speed(s, device, env)
+        with part("speed"):
+            r, n = part_speed(s, device, env)
         rows, notes, timings["speed"] = rows + r, notes + n, time.perf_counter() - t
     notes.append(
         "- wall time per part (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())

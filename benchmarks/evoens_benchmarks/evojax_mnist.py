@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from evoens.bench import BenchResult
+from evoens.bench import BenchResult, cells
 from evoens.config import config_from_dict
 from evoens.manager import create_plugin_manager
 
@@ -55,7 +55,8 @@ def suite(quick: bool, device: torch.device, env: dict[str, Any]) -> BenchResult
 
     generations = 200 if quick else 2000
     with tempfile.TemporaryDirectory() as tmp:
-        summary = execute(config_from_dict(config(generations, device, None)), tmp, create_plugin_manager())
+        for run in cells([config(generations, device, None)], lambda c: f"PGPE P=64, {c['generations']} generations"):
+            summary = execute(config_from_dict(run), tmp, create_plugin_manager())
         metrics = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
     rates = [m["generations_per_second"] for m in metrics[1:]]
     ms = 1e3 / (sum(rates) / len(rates))

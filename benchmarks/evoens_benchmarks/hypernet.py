@@ -35,7 +35,7 @@ from evoens_hypernet.space import WeightSpace
 from evoens_hypernet.trainer import HypernetTrainer
 from torch import Tensor, nn
 
-from evoens.bench import BenchResult
+from evoens.bench import BenchResult, cells, part
 from evoens.datasets import Batcher
 from evoens.datasets.base import DataSplits, Split
 from evoens_benchmarks import hypernet_speed as speed
@@ -151,7 +151,7 @@ def train_generator(data: DataSplits, s: Sizes, refiner: str, steps: int) -> tup
 
 def part_mnist(data: DataSplits, s: Sizes) -> tuple[list[dict[str, Any]], dict[str, VQRefiner]]:
     rows, found = [], {}
-    for name, dropout in (("baseline", 0.0), ("dropout", 0.25)):
+    for name, dropout in cells((("baseline", 0.0), ("dropout", 0.25)), lambda run: f"{run[0]}, {s.base_steps} steps"):
         model, seconds = train_baseline(data, s, dropout)
         tr, te = module_accuracy(model, data.train, s.train_eval), module_accuracy(model, data.test)
         found[name] = te
@@ -159,8 +159,8 @@ def part_mnist(data: DataSplits, s: Sizes) -> tuple[list[dict[str, Any]], dict[s
                      "seed": SEED[name], "value": seconds})  # fmt: skip
         _log(f"{name}: test {te:.4f} ({seconds:.0f} s)")
     generators = {}
-    for name, refiner, steps in (("vq_mlp", "mlp", s.vq_steps), ("vq_bias", "bias", s.vq_steps),
-                                 ("vq_bias_long", "bias", s.bias_long)):  # fmt: skip
+    runs = (("vq_mlp", "mlp", s.vq_steps), ("vq_bias", "bias", s.vq_steps), ("vq_bias_long", "bias", s.bias_long))
+    for name, refiner, steps in cells(runs, lambda run: f"{run[0]}, {run[2]} meta-steps"):
         trainer, seconds = train_generator(data, s, refiner, steps)
         r, codes = trainer.generator, trainer.judge_codes
         tr_e, tr_s = ensemble_accuracy(r, codes, data.train, s.train_eval)
@@ -239,7 +239,7 @@ def part_speed(s: Sizes, device: torch.device) -> list[dict[str, Any]]:
 
 def part_memory(s: Sizes) -> list[dict[str, Any]]:
     rows = []
-    for B in s.speed_batches:
+    for B in cells(s.speed_batches, lambda B: f"decode memory B={B}"):
         plain = speed.decode_memory(B, False, s.stages, s.hidden)
         ckpt = speed.decode_memory(B, True, s.stages, s.hidden)
         rows.append({"part": "memory", "item": f"decode+backward memory B={B}: MiB checkpointed (plain)",
@@ -263,17 +263,24 @@ def suite(quick: bool, device: torch.device, env: dict[str, Any], *, sizes: Size
     rows: list[dict[str, Any]] = []
     if "mnist" in PARTS:
         t = time.perf_counter()
-        found, generators = part_mnist(data, s)
+        with part("mnist"):
+            found, generators = part_mnist(data, s)
         rows, timings["mnist"] = rows + found, time.perf_counter() - t
         if "search" in PARTS:
             t = time.perf_counter()
-            rows, timings["search"] = rows + part_search(data, generators["vq_mlp"], s), time.perf_counter() - t
+            with part("search"):
+                found = part_search(data, generators["vq_mlp"], s)
+            rows, timings["search"] = rows + found, time.perf_counter() - t
     if "speed" in PARTS:
         t = time.perf_counter()
-        rows, timings["speed"] = rows + part_speed(s, device), time.perf_counter() - t
+        with part("speed"):
+            found = part_speed(s, device)
+        rows, timings["speed"] = rows + found, time.perf_counter() - t
     if "memory" in PARTS:
         t = time.perf_counter()
-        rows, timings["memory"] = rows + part_memory(s), time.perf_counter() - t
+        with part("memory"):
+            found = part_memory(s)
+        rows, timings["memory"] = rows + found, time.perf_counter() - t
     notes = [
         f"- data: {source}; train {len(data.train)}, val {len(data.val)}, test {len(data.test)}; "
         f"accuracies on {min(s.train_eval, len(data.train))} train examples and the whole test split.",

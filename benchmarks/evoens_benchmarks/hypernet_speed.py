@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-from evoens.bench import sgemm_peak, synchronize, time_call
+from evoens.bench import cells, sgemm_peak, synchronize, time_call
 
 __all__ = ["decode_memory", "original_meta_step", "out_layer_efficiency", "speed_rows"]
 
@@ -73,7 +73,7 @@ def speed_rows(r: VQRefiner, model: nn.Module, batches: list[int], inner: int, d
     """Seconds per meta-step, evoens vs the original's loop, side by side per meta-batch size B."""
     rows = []
     gen = torch.Generator().manual_seed(0)
-    for B in batches:
+    for B in cells(batches, lambda B: f"meta-step B={B}"):
         codes = r.sample_codes(B, gen)
         x, y = torch.rand(B, inner, *model_input(model), generator=gen), torch.randint(10, (B, inner), generator=gen)
         args = (codes, x, y, 1e-2)

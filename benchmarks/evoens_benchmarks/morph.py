@@ -21,7 +21,7 @@ import torch
 from evoens_morph import families
 from evoens_morph.mutations import OPERATORS, MorphOptions
 
-from evoens.bench import BenchResult, torch_threads
+from evoens.bench import BenchResult, part, torch_threads
 from evoens_benchmarks.morph_ne import ne_rows
 from evoens_benchmarks.morph_train import Curve, TrainSizes, training_curves
 
@@ -146,11 +146,14 @@ def suite(
     """The ``morph`` suite; ``sizes``/``data``/``with_ne`` are internal knobs for tests."""
     start = time.perf_counter()
     with torch_threads(1 if device.type == "cpu" else None):  # tiny layers: one thread is far faster
-        rows = preservation_rows((1, 12, 12) if quick else (1, 28, 28), device)
+        with part("a preservation"):
+            rows = preservation_rows((1, 12, 12) if quick else (1, 28, 28), device)
         sizes = sizes or (TrainSizes(steps=200, eval_every=50, test_size=1000) if quick else TrainSizes())
-        curves = training_curves(data if data is not None else _load_mnist(None), sizes, device)
+        with part("b grow mid-training"):
+            curves = training_curves(data if data is not None else _load_mnist(None), sizes, device)
         rows += _curve_rows(curves)
-        ne_rows, ne_notes = ne_part(quick, device) if with_ne else ([], ["- (c) NE rows: skipped (with_ne=False)."])
+        with part("c neuroevolution"):
+            ne_rows, ne_notes = ne_part(quick, device) if with_ne else ([], ["- (c) NE rows: skipped (with_ne=False)."])
         rows += ne_rows
     columns = COLUMNS + [k for r in rows for k in r if k not in COLUMNS]
     columns = list(dict.fromkeys(columns))

@@ -29,7 +29,7 @@ from evoens_morph.ne import MutationConfig, NEConfig, NEResult, joint_train, neu
 from evoens_morph.select import select_best, select_diverse, species, species_logits
 from torch import Tensor, nn
 
-from evoens.bench import torch_threads
+from evoens.bench import cells, torch_threads
 from evoens.datasets import load_dataset
 
 REFERENCE = {"base": 0.70, "NE best": 0.74, "co-evolution best": 0.72, "co-evolution ensemble": 0.75}
@@ -168,7 +168,7 @@ def _run(sz: Sizes, device: torch.device, data_dir: str | Path | None) -> tuple[
     if sz.copy_run:
         runs.append(("NE best, copy inheritance", select_best, False))
     results = {}
-    for label, select, share in runs:
+    for label, select, share in cells(runs, lambda run: run[0]):
         start = time.perf_counter()
         run_cfg = replace(cfg, mutation=MutationConfig(share_weights=share))
         result = neuroevolve(train, val, run_cfg, select=select, start=(bank, base))

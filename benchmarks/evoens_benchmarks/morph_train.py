@@ -26,6 +26,8 @@ from evoens_morph.optim import carry_over_from_reports
 from evoens_morph.sites import deepen_points, widen_sites
 from torch import nn
 
+from evoens.bench import cells
+
 Grow = Callable[[nn.Module, torch.Tensor, torch.Generator], tuple[nn.Module, list[Any]]]
 
 
@@ -199,26 +201,29 @@ def equal_flop_steps(sizes: TrainSizes, small: nn.Module, big: nn.Module) -> int
     return round((half * f_small + (sizes.steps - half) * f_big) / f_big)
 
 
+RUNS = ("teacher (no transform)", "r2r_widen", "net2net_widen", "netmorph_widen", "random_pad_widen",
+        "r2r_widen lr/5", "wide from scratch", "r2r_deepen", "net2net_deepen", "deep from scratch")  # fmt: skip
+SCRATCH_OF = {"wide from scratch": "r2r_widen", "deep from scratch": "r2r_deepen"}  # the grown run it matches
+
+
+def _grow_of(name: str) -> Grow | None:
+    if name.startswith("teacher"):
+        return None
+    if name == "r2r_widen lr/5":
+        return widen_all("r2r_widen", "divide")
+    return deepen_all(name) if name.endswith("deepen") else widen_all(name)
+
+
 def training_curves(data: Any, sizes: TrainSizes, device: torch.device) -> list[Curve]:
+    """One curve per run of RUNS, in order (each run seeds its own initialisation and batches)."""
     trainer = Trainer(data, sizes, device)
-    curves = []
-    teacher, _ = grown_run(trainer, "teacher (no transform)", None)
-    curves.append(teacher)
-    wide = {}
-    for op in ("r2r_widen", "net2net_widen", "netmorph_widen", "random_pad_widen"):
-        curve, wide[op] = grown_run(trainer, op, widen_all(op))
-        curves.append(curve)
-    curve, _ = grown_run(trainer, "r2r_widen lr/5", widen_all("r2r_widen", "divide"))
-    curves.append(curve)
-    small = _small(sizes, device)
-    big = wide["r2r_widen"]
-    flops = equal_flop_steps(sizes, small, big)
-    curves.append(scratch_run(trainer, "wide from scratch", big, curves[1].extra["wall"], flops))
-    deep = {}
-    for op in ("r2r_deepen", "net2net_deepen"):
-        curve, deep[op] = grown_run(trainer, op, deepen_all(op))
-        curves.append(curve)
-    r2r_deep = next(c for c in curves if c.name == "r2r_deepen")
-    flops = equal_flop_steps(sizes, small, deep["r2r_deepen"])
-    curves.append(scratch_run(trainer, "deep from scratch", deep["r2r_deepen"], r2r_deep.extra["wall"], flops))
-    return curves
+    curves: dict[str, Curve] = {}
+    grown: dict[str, nn.Module] = {}
+    for name in cells(RUNS):
+        if name in SCRATCH_OF:
+            big = grown[SCRATCH_OF[name]]
+            flops = equal_flop_steps(sizes, _small(sizes, device), big)
+            curves[name] = scratch_run(trainer, name, big, curves[SCRATCH_OF[name]].extra["wall"], flops)
+        else:
+            curves[name], grown[name] = grown_run(trainer, name, _grow_of(name))
+    return list(curves.values())

@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from evoens.bench import BenchResult
+from evoens.bench import BenchResult, cells
 from evoens.config import config_from_dict
 from evoens.manager import create_plugin_manager
 
@@ -155,8 +155,10 @@ def suite(quick: bool, device: torch.device, env: dict[str, Any]) -> BenchResult
     dims = {"mlp": 64 * 32 + 32 + 32 * 10 + 10, "convnet": 11274}
     rows: list[dict[str, Any]] = []
     measured: dict[str, dict[int, dict[str, Any]]] = {}
-    for workload, (popsize, generations) in plans.items():
-        measured[workload] = {n: measure_run(workload, n, popsize, generations) for n in (0, 1, 2)}
+    grid = [(workload, n) for workload in plans for n in (0, 1, 2)]
+    for workload, n in cells(grid, lambda c: f"{c[0]} P={plans[c[0]][0]}, {c[1]} actors"):
+        measured.setdefault(workload, {})[n] = measure_run(workload, n, *plans[workload])
+    for workload, (popsize, _) in plans.items():
         for n, m in measured[workload].items():
             share = (m["remote"] - m["compute"]) / m["seconds"] if n else None
             rows.append({"workload": workload, "popsize": popsize, "machines": "this one", "actors": n,

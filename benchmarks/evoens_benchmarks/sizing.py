@@ -40,7 +40,7 @@ from evoens_sizing.strategy import SizingBMM
 from evoens_sizing.trainer import SizingOptions, SizingTrainer
 from torch import Tensor
 
-from evoens.bench import BenchResult, torch_threads
+from evoens.bench import BenchResult, cells, part, torch_threads
 from evoens.datasets.base import DataSplits, Split
 from evoens.datasets.batcher import Batcher
 from evoens.fitness import neg_cross_entropy
@@ -204,7 +204,8 @@ def part_a(data: DataSplits, s: Sizes, journal: dict[float, tuple[int, float]], 
     opts = SizingOptions(lams=list(lams), compact_every=epoch // 2)
     trainer = make_trainer(net, len(lams) * reps, opts, data, s)
     curve: list[tuple[int, list[float]]] = []
-    seconds = train(trainer, steps, epoch // 2, lambda g, t: curve.append((g, sizes_of(t))))
+    for run in cells([trainer], lambda _: f"{len(lams)} lambdas x {reps} replicates, {steps} steps"):  # one run
+        seconds = train(run, steps, epoch // 2, lambda g, t: curve.append((g, sizes_of(t))))
     sizes, test = sizes_of(trainer), accuracies(trainer, data.test, s.eval_chunk)
     train_acc = accuracies(trainer, data.train, s.eval_chunk)
     rows, order = [], []
@@ -249,7 +250,7 @@ def part_b(data: DataSplits, s: Sizes) -> tuple[list[dict[str, Any]], list[str],
     steps = steps_for(data, s.epochs_b, s.batch)
     start = time.perf_counter()
     trained = {}
-    for width in s.widths_b:
+    for width in cells(s.widths_b, lambda w: f"width {w}, {s.replicates_b} replicates"):
         net = sizing_mlp(data.input_shape, data.num_classes, [width], layer="plain")
         trainer = make_trainer(net, s.replicates_b, SizingOptions(lams=[0.0]), data, s, seed=width)
         train(trainer, steps)
@@ -401,7 +402,7 @@ def part_d(data: DataSplits, s: Sizes) -> tuple[list[dict[str, Any]], list[str],
     every = s.check_every_d
     rows, notes, curves = [], [], {}
     ends = {}
-    for start_width in s.starts_d:
+    for start_width in cells(s.starts_d, lambda w: f"start {w} units"):
         net = sizing_mlp(data.input_shape, data.num_classes, [start_width])
         opts = SizingOptions(lams=[s.lam_d], grow_every=every, compact_every=every, grow_factor=2.0,
                              max_width=4096, probe_examples=1024)  # fmt: skip
@@ -579,22 +580,28 @@ def suite(quick: bool, device: torch.device, env: dict[str, Any], *, sizes: Size
                  ""]  # fmt: skip
         timings, rows = {}, []
         t = time.perf_counter()
-        r, n, a = part_a(data, s, JOURNAL_A, "digits" if quick else "MNIST")
+        with part("a sparsifier table"):
+            r, n, a = part_a(data, s, JOURNAL_A, "digits" if quick else "MNIST")
         rows, notes, timings["a"] = rows + r, notes + n, time.perf_counter() - t
         if fashion is not None:
-            r, n, _ = part_a(fashion, s, JOURNAL_A_FASHION, "FashionMNIST")
+            with part("a on FashionMNIST"):
+                r, n, _ = part_a(fashion, s, JOURNAL_A_FASHION, "FashionMNIST")
             rows, notes = rows + r, notes + n
         t = time.perf_counter()
-        r, n, b = part_b(data, s)
+        with part("b variance metrics"):
+            r, n, b = part_b(data, s)
         rows, notes, timings["b"] = rows + r, notes + n, time.perf_counter() - t
         t = time.perf_counter()
-        r, n, c = part_c(data, s)
+        with part("c gated frontier"):
+            r, n, c = part_c(data, s)
         rows, notes, timings["c"] = rows + r, notes + n, time.perf_counter() - t
         t = time.perf_counter()
-        r, n, d = part_d(data, s)
+        with part("d grow and shrink"):
+            r, n, d = part_d(data, s)
         rows, notes, timings["d"] = rows + r, notes + n, time.perf_counter() - t
         t = time.perf_counter()
-        r, n = part_speed(data, s)
+        with part("speed"):
+            r, n = part_speed(data, s)
         rows, notes, timings["speed"] = rows + r, notes + n, time.perf_counter() - t
     notes.append("- wall time per part (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
                  + f"; suite {time.perf_counter() - start:.0f} s. Plot: sizing.png.")  # fmt: skip
