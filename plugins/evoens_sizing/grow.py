@@ -13,7 +13,10 @@ on a probe batch, :mod:`evoens_sizing.stats`). A layer is saturated when no unit
 switch or died since the last check (units dead from the start do not block it). A member
 saturated on a layer gets ``ceil(width * (factor - 1))`` new R2R units there (even, at most
 ``max_width``); the others get the same number of dead units (``theta = 0``), so the population
-keeps one physical width: per-member masks in one batched forward.
+keeps one physical width: per-member masks in one batched forward. No check acts before the
+start-up delay (``grow_delay``, by default ``theta0 / lr`` steps): a strict switch starting at
+theta0 cannot reach 0 sooner, so an early check sees every layer saturated and would double even
+a layer that is too wide (the suite's 2048-unit start grew to 4096 before it could shrink).
 """
 
 from __future__ import annotations

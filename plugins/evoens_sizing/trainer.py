@@ -9,13 +9,16 @@ of different effective sizes still run in one forward) and its own ``lambda_i`` 
 over the members: a lambda sweep with replicates is one population). Every ``compact_every``
 generations, when the widest member's live units fall below ``1 - compact_min`` of the physical
 width, the population is compacted (:func:`evoens_sizing.compact.compact_population`, Adam's moments
-cut alike); with ``grow_every`` it also grows (:mod:`evoens_sizing.grow`). ``candidates()`` are
-the members compacted to their own live units: one species per final width.
+cut alike); with ``grow_every`` it also grows (:mod:`evoens_sizing.grow`), but not before
+``grow_delay`` generations (by default ``theta0 / lr``: before that no switch can have reached 0,
+so every layer looks saturated). ``candidates()`` are the members compacted to their own live
+units: one species per final width.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +53,8 @@ class SizingOptions:
     compact_min: float = option(0.1, "compact when the live units of the widest member fall below (1 - this)",
                                 ge=0, le=1)  # fmt: skip
     grow_every: int = option(0, "check for saturated layers to widen every N generations (0: never)", ge=0)
+    grow_delay: int = option(-1, "growth checks act from this generation on (-1: ceil(theta0 / lr), the steps Adam "
+                             "needs to take the smallest starting switch to 0)", ge=-1)  # fmt: skip
     grow_factor: float = option(2.0, "a saturated layer grows to about factor x its width", gt=1, finite=True)
     max_width: int = option(4096, "no layer grows past this many units", ge=2)
     probe_examples: int = option(1024, "training examples of the dead-unit probe", ge=1)
@@ -89,6 +94,7 @@ class SizingTrainer:
         self._build(template.to(device), flat.to(device))
         self.grow_generator = torch.Generator().manual_seed(seed + 1)
         self.useful_at_check = self.useful_units()  # (P,) per switch layer: what saturation compares with
+        self.grow_after = self.start_delay()  # per switch layer: the first generation a growth check acts
 
     # ------------------------------------------------------------------ state
     def _build(self, template: nn.Module, flat: Tensor, moments: tuple[Tensor, Tensor, Tensor] | None = None) -> None:
@@ -220,7 +226,7 @@ class SizingTrainer:
         if self.opts.compact_every and done % self.opts.compact_every == 0:
             self.maybe_compact()
         if self.opts.grow_every and done % self.opts.grow_every == 0:
-            self.maybe_grow()
+            self.maybe_grow(done)
 
     def _collapse(self) -> None:
         alive = self._alive()
@@ -280,13 +286,33 @@ class SizingTrainer:
         alive, dead = self._alive(), self.dead_units()
         return {name: (a & ~dead[name]).sum(1) for name, a in alive.items()}
 
-    def maybe_grow(self) -> bool:
+    def start_delay(self) -> dict[str, int]:
+        """Per switch layer, the generations before its growth checks act: ``grow_delay``, or for -1
+        ``ceil(theta0 / lr)`` with theta0 the smallest positive starting switch of any member (1 for
+        ``init = "one"``). Adam moves a switch by about ``lr`` a step, so before that no unit can
+        have been pruned and a check would find every layer saturated."""
+        alive = self._alive()
+        if self.opts.grow_delay >= 0:
+            return {name: self.opts.grow_delay for name in alive}
+        params = self.population.params
+        found = {}
+        for name in alive:
+            theta = params[f"{name}.theta"].detach()
+            live = theta[theta > 0]
+            found[name] = math.ceil(float(live.min()) / self.lr) if live.numel() else 0
+        return found
+
+    def maybe_grow(self, done: int | None = None) -> bool:
         """Widen (R2R) every switch layer on which some member is saturated: no unit of it was pruned
         by its switch or died (activation sd 0 on the probe) since the last check, so it uses all it
-        has. Units dead since the start do not block growth; compaction does not count."""
+        has. Units dead since the start do not block growth; compaction does not count. With
+        ``done`` (generations trained), a layer inside its start-up delay (:meth:`start_delay`) is
+        not grown; the check still records its units for the next one."""
         useful, alive = self.useful_units(), self._alive()
         grew = False
         for name, count in useful.items():
+            if done is not None and done < self.grow_after.get(name, 0):
+                continue  # no switch can have reached 0 yet: "saturated" would say nothing
             sat = count >= self.useful_at_check.get(name, count)  # (P,)
             live = alive[name].sum(1)
             n = growth(int(live.max()), self.opts.grow_factor, self.opts.max_width)

@@ -40,13 +40,14 @@ def test_the_example_learns_sizes_compacts_and_reports_them(tmp_path: Path) -> N
 
 
 def test_a_sizing_run_resumes_exactly_across_compaction_and_growth(tmp_path: Path) -> None:
-    keep = ["--set", "checkpoint.every=5", "--set", "checkpoint.keep=20", "--set", "trainer.options.grow_every=10",
+    keep = ["--set", "checkpoint.every=5", "--set", "checkpoint.keep=20", "--set", "trainer.options.grow_every=5",
             "--set", "trainer.options.max_width=48", "--set", "model.hidden=[8]", "--set", "model.activation=tanh",
             "--set", "trainer.options.lams=[0.1, 0.0]"]  # fmt: skip
     ref = _run(tmp_path / "ref", *keep)
     rows = [json.loads(line) for line in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
     widths = [r["width/0"] for r in rows]
     assert widths[0] == 8 and max(widths) == 48  # lambda = 0 members grew (tanh units never die)
+    assert set(widths[:20]) == {8}  # not before theta0 / lr = 1 / 0.05 = 20 steps (the start-up delay)
     assert min(r["capacity/0/member0"] for r in rows[20:]) < 48 == rows[-1]["capacity/0/member1"]  # 0.1 prunes
     shutil.copytree(tmp_path / "ref", tmp_path / "cut")
     (tmp_path / "cut" / "summary.json").unlink()

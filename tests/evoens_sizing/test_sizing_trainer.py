@@ -4,6 +4,8 @@ orders the members' sizes."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from evoens_sizing.models import sizing_mlp
@@ -135,3 +137,28 @@ def test_closed_form_penalty_gradients_equal_autograd(layer: str, mode: str) -> 
     total = (trainer.schedule.lam * trainer.size_penalty(params)).sum() + trainer.weight_terms(params).sum()
     (expected,) = torch.autograd.grad(total, flat)
     torch.testing.assert_close(trainer.regularizer_grad(), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_no_growth_before_a_switch_can_have_reached_zero() -> None:
+    delayed = _trainer(hidden=4, popsize=2, grow_every=10, max_width=64)  # lr 0.05, theta0 = 1
+    eager = _trainer(hidden=4, popsize=2, grow_every=10, max_width=64, grow_delay=0)
+    assert delayed.grow_after == {"0": 20} and eager.grow_after == {"0": 0}  # ceil(theta0 / lr)
+    x = torch.randn(20, 10)
+    before = delayed.population(x)
+    assert not delayed.dead_units()["0"].any()  # every unit in use: saturated by the policy's signal
+    assert not delayed.maybe_grow(done=10) and delayed.physical_widths() == {"0": 4}
+    assert (delayed.population(x) - before).abs().max() == 0
+    # after the delay it acts as an undelayed policy does: the same R2R units, the same function
+    assert delayed.maybe_grow(done=20) and eager.maybe_grow(done=10)
+    assert delayed.physical_widths() == eager.physical_widths() == {"0": 8}
+    torch.testing.assert_close(delayed.population.flat, eager.population.flat, rtol=0, atol=0)
+    assert (delayed.population(x) - before).abs().max() < 1e-5
+
+
+def test_the_start_up_delay_follows_the_smallest_starting_switch() -> None:
+    split = _data()
+    net = sizing_mlp((10,), 3, [16], init="uniform")
+    trainer = SizingTrainer(net, 3, SizingOptions(grow_every=5), lr=0.01, batcher=Batcher(split, 64, 0),
+                            device=torch.device("cpu"), seed=0, probe=split.x[:64])  # fmt: skip
+    theta = trainer.population.params["0.theta"].detach()
+    assert trainer.grow_after["0"] == math.ceil(float(theta.min()) / 0.01) < 100  # theta in (0, 1]
