@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     plugins = sub.add_parser("plugins", help="list plugins: distribution, version, hooks, providers")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
     _plugin_args(plugins)
+    for command in sub.choices.values():  # `evoens run ... --debug` as well as `evoens --debug run ...`
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return parser
 
 

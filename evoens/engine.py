@@ -22,7 +22,7 @@ import torch
 from evoens import hookimpl, rundir
 from evoens.checkpoint import CheckpointError, load_latest
 from evoens.config import RunConfig, dump_toml, load_config
-from evoens.errors import PluginError, RunError, UserError
+from evoens.errors import PluginError, RunError, UserError, show
 from evoens.manager import PluginManager
 from evoens.phases import Phases, call_hook, explain, merge
 from evoens.run import ADDED, Run, build_run, final_evaluation, remove_entries, restore_run
@@ -79,21 +79,28 @@ def run_generation(run: Run, generation: int) -> dict[str, Any]:
 def _step(run: Run, generation: int, phases: Phases) -> dict[str, Any]:
     """The trainer's step; an error of its own names the trainer and its plugin (a hook's error
     inside it is already a PluginError naming that hook's plugin)."""
+    name = run.config.trainer.name
+    plugin = run.registry.get("trainer", name).plugin
     try:
-        return run.trainer.step(generation, phases)
+        stats = run.trainer.step(generation, phases)
     except (UserError, RunError):
         raise
     except Exception as exc:
-        name = run.config.trainer.name
-        plugin = run.registry.get("trainer", name).plugin
         where = f"in the step of trainer '{name}' (plugin '{plugin}') at generation {generation}"
         failure = explain(run.context, exc, where)
         if failure is not None:
             raise failure from exc
         raise PluginError(
             f"trainer '{name}' (plugin '{plugin}') failed in step at generation {generation}: "
-            f"{type(exc).__name__}: {exc}"
+            f"{type(exc).__name__}: {exc} (--debug shows the traceback)"
         ) from exc
+    if not isinstance(stats, dict) or "best_fitness" not in stats:
+        got = f"a dict with keys {', '.join(map(repr, stats)) or 'none'}" if isinstance(stats, dict) else show(stats)
+        raise PluginError(
+            f"trainer '{name}' (plugin '{plugin}') returned {got} from step at generation {generation}: a "
+            "trainer's step returns its statistics as a dict with at least 'best_fitness' (evoens.kinds.Trainer)"
+        )
+    return stats
 
 
 @hookimpl(trylast=True)

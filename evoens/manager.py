@@ -363,6 +363,8 @@ def build_registry(pm: pluggy.PluginManager) -> Registry:
     """Every plugin's providers, through one pluggy call of ``evoens_register_providers`` (each
     provider already tagged with its plugin by :meth:`PluginManager.register`)."""
     registry = Registry()
+    registry.absent = {name: "disabled" for name, plugin in pm.list_name_plugin() if plugin is None}
+    registry.absent.update((f.name, f"failed to load: {f.error}"[:160]) for f in getattr(pm, "failures", ()))
     for provided in reversed(pm.hook.evoens_register_providers()):  # pluggy answers newest plugin first
         for provider in provided:
             registry.add(provider, provider.plugin)

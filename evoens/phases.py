@@ -124,7 +124,10 @@ def call_hook(run: Run, hookname: str, /, **kwargs: Any) -> Any:
             raise failure from exc
         if culprit is None:
             raise
-        raise PluginError(f"plugin '{culprit}' failed in {hookname}{generation}: {type(exc).__name__}: {exc}") from exc
+        raise PluginError(
+            f"plugin '{culprit}' failed in {hookname}{generation}: {type(exc).__name__}: {exc} (--debug shows the "
+            f"traceback; -p no:{culprit} runs without the plugin)"
+        ) from exc
 
 
 def merge(results: list[dict[str, Any] | None]) -> dict[str, Any]:

@@ -44,6 +44,7 @@ class Registry:
 
     def __init__(self) -> None:
         self._providers: dict[tuple[str, str], Provider] = {}
+        self.absent: dict[str, str] = {}  # plugin name -> why it is not loaded (named by unknown-name errors)
 
     def add(self, provider: Provider, plugin: str = "") -> None:
         """Register ``provider`` on behalf of ``plugin``; a duplicate name is an error."""
@@ -64,7 +65,8 @@ class Registry:
         except KeyError:
             known = self.names(kind)
             listing = ", ".join(known) if known else "none registered"
-            raise RegistryError(f"unknown {kind} '{name}'{did_you_mean(name, known)}; known: {listing}") from None
+            off = "".join(f"; not loaded in this run: plugin '{p}' ({why})" for p, why in sorted(self.absent.items()))
+            raise RegistryError(f"unknown {kind} '{name}'{did_you_mean(name, known)}; known: {listing}{off}") from None
 
     def options(self, kind: str, name: str, table: dict[str, Any], key: str) -> Any:
         """Provider ``name``'s options from config ``table`` (at dotted ``key``): an instance of

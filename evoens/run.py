@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import torch
 from torch import nn
@@ -20,14 +20,14 @@ from torch import nn
 from evoens.checkpoint import rng_state, set_rng_state
 from evoens.config import ConfigError, RunConfig
 from evoens.datasets import Batcher, DataError, DataSplits, Split
-from evoens.errors import RegistryError, UserError
+from evoens.errors import PluginError, RegistryError, RunError, UserError
 from evoens.fitness import FitnessFn, accuracy
 from evoens.gradient import OPTIMIZERS
 from evoens.kinds import Trainer
 from evoens.manager import PluginManager
 from evoens.models import ACTIVATIONS
 from evoens.phases import explain
-from evoens.registry import Registry
+from evoens.registry import Provider, Registry
 from evoens.stash import Stash, StashKey
 from evoens.strategies import STRATEGIES
 
@@ -148,13 +148,12 @@ def check_names(config: RunConfig, registry: Registry) -> list[tuple[dict[str, A
     :func:`remove_entries` at its end); the core's are there already."""
     chosen = {"strategy": ("trainer.strategy", config.trainer.strategy), "optimizer": ("trainer.optimizer",
               config.trainer.optimizer), "activation": ("model.activation", config.model.activation)}  # fmt: skip
-    for kind, (key, name) in chosen.items():
-        if kind == "strategy" and name == "auto":
-            continue
+    named = [(kind, key, name) for kind, (key, name) in chosen.items() if (kind, name) != ("strategy", "auto")]
+    for kind, key, name in [*named, *(("reporter", "reporters", name) for name in config.reporters)]:
         try:
             registry.get(kind, name)
         except RegistryError as err:
-            raise ConfigError(f"{key} = {name!r}: {err}") from None
+            raise ConfigError(f"{key}: {err}" if kind == "reporter" else f"{key} = {name!r}: {err}") from None
     added = []
     for kind, table in TABLES.items():
         for name in registry.names(kind):
@@ -194,42 +193,99 @@ def _assemble(config: RunConfig, out_dir: Path, pm: PluginManager, registry: Reg
     data_cfg = _with_options(registry, "dataset", config.data, "data.options")
     model_cfg = _with_options(registry, "model", config.model, "model.options")
     data = _load_data(registry, config, data_cfg).to(device)
-    template = registry.create("model", config.model.name, data.input_shape, data.num_classes, model_cfg)
+    shape = (data.input_shape, data.num_classes, model_cfg)
+    template = build(registry, "model", config.model.name, *shape, like=nn.Module)
+    fitness_fn = build(registry, "fitness", config.trainer.fitness)
     context = RunContext(
         config, pm, out_dir, device, data, template.to(device),
-        Batcher(data.train, config.data.batch_size, config.seed), registry.create("fitness", config.trainer.fitness),
+        Batcher(data.train, config.data.batch_size, config.seed), fitness_fn,
     )  # fmt: skip
-    options = registry.options("trainer", config.trainer.name, config.trainer.options, "trainer.options")
+    return Run(context, _build_trainer(registry, context))
+
+
+def _build_trainer(registry: Registry, context: RunContext) -> Trainer:
+    """The trainer provider's trainer; out of memory while it builds its population is one line
+    with the keys to change, and so is a trainer that asks for Ray actors it does not use."""
+    cfg = context.config.trainer
+    provider = registry.get("trainer", cfg.name)
+    options = registry.options("trainer", cfg.name, cfg.options, "trainer.options")
     try:
-        trainer = registry.create("trainer", config.trainer.name, context, options)
-    except Exception as exc:  # out of memory while building the population: one line, the keys to change
-        plugin = registry.get("trainer", config.trainer.name).plugin
-        failure = explain(context, exc, f"while building trainer '{config.trainer.name}' (plugin '{plugin}')")
-        if failure is not None:
-            raise failure from exc
-        raise
-    if config.trainer.num_actors and not getattr(trainer, "ray_actors", False):
-        plugin = registry.get("trainer", config.trainer.name).plugin
+        trainer = provider.factory(context, options)
+    except Exception as exc:
+        failure = explain(context, exc, f"while building trainer '{cfg.name}' (plugin '{provider.plugin}')")
+        raise_as(failure or factory_failure(provider, exc), exc)
+    checked(provider, trainer, Trainer)
+    if cfg.num_actors and not getattr(trainer, "ray_actors", False):
         raise ConfigError(
-            f"trainer.num_actors = {config.trainer.num_actors!r}, but trainer '{config.trainer.name}' (plugin "
-            f"'{plugin}') evaluates in this process, not in Ray actors (only trainers with ray_actors = True, such "
-            "as 'evolution', do): set trainer.num_actors = 0"
+            f"trainer.num_actors = {cfg.num_actors!r}, but trainer '{cfg.name}' (plugin '{provider.plugin}') "
+            "evaluates in this process, not in Ray actors (only trainers with ray_actors = True, such as "
+            "'evolution', do): set trainer.num_actors = 0"
         )
-    return Run(context, trainer)
+    return trainer
+
+
+def factory_failure(provider: Provider, exc: Exception) -> Exception:
+    """``exc``, raised by ``provider``'s factory, as the error to raise: evoens's own one-line
+    errors as they are, anything else as one line naming the provider and its plugin."""
+    if isinstance(exc, (UserError, RunError)):
+        return exc
+    first = (str(exc).strip().splitlines() or [""])[0][:200]
+    return PluginError(
+        f"{provider.kind} '{provider.name}' (plugin '{provider.plugin}') failed to build: {type(exc).__name__}: "
+        f"{first}; fix its factory (the signature of each kind: evoens.kinds) or choose another {provider.kind} "
+        "(--debug shows the traceback)"
+    )
+
+
+def raise_as(error: Exception, cause: Exception) -> NoReturn:
+    """Raise ``error`` from ``cause`` (``cause`` itself as it was, when they are one)."""
+    if error is cause:
+        raise cause
+    raise error from cause
+
+
+def checked(provider: Provider, made: Any, like: type | None) -> Any:
+    """``made`` if it is a ``like`` (a callable where ``like`` is None); else one line naming the provider."""
+    if not (callable(made) if like is None else isinstance(made, like)):
+        expected = "a callable" if like is None else f"{like.__module__}.{like.__qualname__}"
+        if getattr(like, "_is_protocol", False):  # say what the protocol asks for that is not there
+            wanted = [n for n in [*vars(like), *getattr(like, "__annotations__", {})] if not n.startswith("_")]
+            expected += f" (it lacks {', '.join(n for n in wanted if not hasattr(made, n))})"
+        raise PluginError(
+            f"{provider.kind} '{provider.name}' (plugin '{provider.plugin}') returned {type(made).__name__}, not "
+            f"{expected}; fix its factory (the signature of each kind: evoens.kinds)"
+        )
+    return made
+
+
+def build(registry: Registry, kind: str, name: str, *args: Any, like: type | None = None) -> Any:
+    """Provider ``name`` of ``kind`` built from ``args``: what its factory returns, checked by
+    :func:`checked`; a factory that raises is one line naming the provider and its plugin."""
+    provider = registry.get(kind, name)
+    try:
+        made = provider.factory(*args)
+    except Exception as exc:
+        raise_as(factory_failure(provider, exc), exc)
+    return checked(provider, made, like)
 
 
 def _load_data(registry: Registry, config: RunConfig, data_cfg: Any) -> DataSplits:
     """The dataset provider's splits; a file it cannot read (permissions, a vanished mount) is one line."""
+    provider = registry.get("dataset", config.data.name)
     try:
-        return registry.create("dataset", config.data.name, data_cfg, config.seed)
+        return checked(provider, provider.factory(data_cfg, config.seed), DataSplits)
+    except UserError:
+        raise
     except OSError as err:
-        plugin = registry.get("dataset", config.data.name).plugin
+        plugin = provider.plugin
         where = f"{err.filename}: " if err.filename else ""
         raise DataError(
             f"dataset '{config.data.name}' (plugin '{plugin}') cannot read its files: {where}{err.strerror or err}; "
             "check that the data directory (data.data_dir, --data-dir or EVOENS_DATA_DIR) and the folders above it "
             "are readable and searchable (chmod u+rx)"
         ) from err
+    except Exception as exc:
+        raise_as(factory_failure(provider, exc), exc)
 
 
 def _with_options(registry: Registry, kind: str, section: _S, key: str) -> _S:

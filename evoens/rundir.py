@@ -77,9 +77,11 @@ def describe(directory: Path) -> str:
 def refuse_existing(directory: Path) -> None:
     """A run directory for a new run must not hold a run already."""
     if holds_run(directory):
+        resumable = bool(checkpoint_files(directory))
+        how = f"continue it with `evoens resume {directory}`, " if resumable else "it has no checkpoint to resume: "
         raise RunDirError(
-            f"{directory} already holds a run ({describe(directory)}): continue it with `evoens resume "
-            f"{directory}`, choose a fresh directory with --out, or pass --overwrite to move it aside"
+            f"{directory} already holds a run ({describe(directory)}): {how}choose a fresh directory with --out, "
+            "or pass --overwrite to move it aside"
         )
 
 

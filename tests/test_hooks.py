@@ -253,11 +253,24 @@ def test_register_providers_runs_through_pluggy_so_a_wrapper_can_edit_the_list()
     assert recorder.names() == ["evoens_register_providers"]
 
 
+class Stateless:
+    """The rest of a trainer (evoens.kinds.Trainer) for the broken ones below: never reached."""
+
+    def candidates(self) -> Any:
+        raise AssertionError("not reached")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
 def test_a_trainer_that_never_evaluates_is_an_error_naming_it(tmp_path: Any) -> None:
     from evoens import Provider
     from evoens.errors import PluginError
 
-    class Lazy:
+    class Lazy(Stateless):
         def step(self, generation: int, evaluate: Any) -> dict[str, Any]:
             return {"best_fitness": 0.0}
 
@@ -276,7 +289,7 @@ def test_a_failing_trainer_step_names_the_trainer_and_its_plugin(tmp_path: Any) 
     from evoens import Provider
     from evoens.errors import PluginError
 
-    class Broken:
+    class Broken(Stateless):
         def step(self, generation: int, evaluate: Any) -> dict[str, Any]:
             raise ZeroDivisionError("oops")
 
