@@ -198,7 +198,10 @@ def resume(out_dir: str | Path, pm: PluginManager, overrides: list[str] | None =
     with torch_threads(config.threads), rundir.RunLock.acquire(out, "resume"):
         _nothing_to_do_by_summary(out, config)
         if not rundir.checkpoint_files(out):
-            raise CheckpointError(f"{out} has no checkpoints (expected {out / 'checkpoints'}/gen-*.pt)")
+            raise CheckpointError(
+                f"{out} has no checkpoints (expected {out / 'checkpoints'}/gen-*.pt): nothing to resume; start it "
+                f"again with `evoens run {out / 'config.toml'} --out {out} --overwrite`"
+            )
         pm.hook.evoens_configure.call_historic(kwargs={"config": config})
         run = build_run(config, out, pm)
         try:

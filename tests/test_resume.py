@@ -152,6 +152,21 @@ def test_resume_without_checkpoints_is_one_line(tmp_path: Path, capsys: pytest.C
     assert "\n" not in err and "has no checkpoints" in err
 
 
+def test_the_command_a_run_without_checkpoints_suggests_starts_it_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run that failed before its first checkpoint: resume says how to start over, and that works."""
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.toml").write_text('generations = 2\nreporters = []\n[model]\nhidden = [8]\n[trainer]\npopsize = 8\n')
+    (run / "summary.json").write_text('{"status": "failed", "generations": 0}')
+    assert main(["resume", str(run)]) == 2
+    command = capsys.readouterr().err.split("`")[1].split()
+    assert command[:2] == ["evoens", "run"] and command[-1] == "--overwrite"
+    assert main(command[1:]) == 0
+    assert json.loads((run / "summary.json").read_text())["status"] == "finished"
+
+
 @pytest.mark.parametrize("searcher", ["snes", "xnes", "cmaes", "cem", "ga"])
 def test_every_searcher_resumes_exactly(tmp_path: Path, searcher: str) -> None:
     config, plugins = _setup(tmp_path, "evolution", searcher)
