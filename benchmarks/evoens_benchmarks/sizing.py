@@ -15,6 +15,8 @@ The default mode shortens the journal's training (60 / 30 / 15 epochs) to a few 
 replicates, stated in the notes; ``--full`` (``python -m evoens_benchmarks.sizing --full``, or
 ``EVOENS_SIZING_FULL=1``) keeps the journal's lengths and replicate counts. Quick mode uses digits.
 MNIST is read from ``$EVOENS_DATA_DIR/mnist``; FashionMNIST only when its files are there.
+``EVOENS_SIZING_PARTS`` picks parts (``a,b,c,d,speed``, the default all), e.g. ``d,speed`` to re-run
+those; the plot leaves the others' panels empty.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ from evoens.population import Population
 from evoens.strategies import STRATEGIES
 
 FULL = os.environ.get("EVOENS_SIZING_FULL", "") not in ("", "0")
+ALL_PARTS = ("a", "b", "c", "d", "speed")
+#: the parts to run, e.g. EVOENS_SIZING_PARTS=d,speed
+PARTS = tuple(p for p in os.environ.get("EVOENS_SIZING_PARTS", ",".join(ALL_PARTS)).split(",") if p)
 COLUMNS = ["part", "item", "lam", "width", "members", "size", "size_journal", "acc", "acc_journal", "dead", "sum_sd",
            "shapiro_w", "pi_expnorm", "pi_gamma", "k90", "err_quarter", "ms", "ratio", "claim", "verdict"]  # fmt: skip
 JOURNAL_A = {1.0: (5, 0.87), 0.1: (18, 0.965), 0.01: (50, 0.98), 1e-3: (105, 0.98), 1e-4: (197, 0.983),
@@ -83,6 +88,7 @@ class Sizes:
     epochs_d: float = 5.0
     check_every_d: int = 211  # growth / compaction checks (half an epoch)
     speed_steps: int = 20
+    speed_rounds: int = 8  # interleaved rounds of plain / switch / gated steps
     speed_members: int = 12
     eval_chunk: int = 5000
 
@@ -90,7 +96,7 @@ class Sizes:
 QUICK = Sizes(batch=64, epochs_a=6, replicates_a=1, start_a=64, widths_b=(8, 16, 32, 64), replicates_b=2, epochs_b=3,
               pca_widths=(16, 64), pca_examples=500, exps_c=(-2.0, -4.0), replicates_c=1, epochs_c=4, static_c=64,
               starts_d=(4, 128), lam_d=1e-2, replicates_d=1, epochs_d=8, check_every_d=25, speed_steps=3,
-              speed_members=4, eval_chunk=1000)  # fmt: skip
+              speed_rounds=2, speed_members=4, eval_chunk=1000)  # fmt: skip
 FULL_SIZES = Sizes(epochs_a=60, replicates_a=10, widths_b=tuple(sorted({int(2 ** (i / 2)) for i in range(8, 23)})),
                    replicates_b=11, epochs_b=30, pca_widths=(32, 64, 128, 200, 350, 568, 1024, 2048),
                    pca_examples=60_000, exps_c=tuple(-2.5 - 0.5 * i for i in range(11)), replicates_c=7,
@@ -418,7 +424,8 @@ def part_d(data: DataSplits, s: Sizes) -> tuple[list[dict[str, Any]], list[str],
                      "lam": s.lam_d, "width": start_width, "members": s.replicates_d, "size": size, "acc": acc,
                      "size_journal": JOURNAL_A.get(s.lam_d, (None,))[0]})  # fmt: skip
         notes.append(f"- (d) start {start_width}: {steps} steps ({s.epochs_d:g} epochs), growth and compaction "
-                     f"checks every {every} steps, {seconds:.0f} s; width over time "
+                     f"checks every {every} steps (growth from step {trainer.grow_after['0']}: theta0 / lr), "
+                     f"{seconds:.0f} s; width over time "
                      + ", ".join(f"{g}:{w:.0f}/{sz:.0f}" for g, sz, w in curve[:: max(1, len(curve) // 8)])
                      + " (step:physical/live).")  # fmt: skip
     (small, acc_s), (large, acc_l) = ends[s.starts_d[0]], ends[s.starts_d[-1]]
@@ -446,20 +453,25 @@ def part_speed(data: DataSplits, s: Sizes) -> tuple[list[dict[str, Any]], list[s
     nets = {layer: sizing_mlp(data.input_shape, data.num_classes, [width], layer=layer)
             for layer in ("plain", "switch", "gated")}  # fmt: skip
     trainers = {k: make_trainer(n, p, SizingOptions(lams=[1e-3]), data, s) for k, n in nets.items()}
-    ms = {}
-    for _ in range(2):  # interleaved, best of two rounds: the shared machine's noise hits all alike
-        for k, t in trainers.items():
-            ms[k] = min(ms.get(k, float("inf")), _step_ms(t, s.speed_steps))
+    rounds: list[dict[str, float]] = []
+    with torch_threads(1):  # on the shared 2-core machine a 2-thread step's time swung 4x with the others' load
+        for _ in range(s.speed_rounds):  # interleaved: a load swing hits one round's three alike
+            rounds.append({k: _step_ms(t, s.speed_steps) for k, t in trainers.items()})
     rows = []
     for k in ("switch", "gated"):
-        ratio = ms[k] / ms["plain"]
-        rows.append({"part": "speed", "item": f"training step, {k} vs plain ({p} x 784-{width}-10, batch {s.batch})",
-                     "members": p, "ms": ms[k], "ratio": ratio, "claim": "overhead <= 15 % (issue)",
+        ratios = [r[k] / r["plain"] for r in rounds]
+        ratio = statistics.median(ratios)
+        rows.append({"part": "speed", "item": f"training step, {k} vs plain ({p} x 784-{width}-10, batch {s.batch}, "
+                     f"1 thread; rounds {min(ratios):.2f}-{max(ratios):.2f})", "members": p,
+                     "ms": statistics.median(r[k] for r in rounds), "ratio": ratio, "claim": "overhead <= 15 % (issue)",
                      "verdict": _verdict(ratio <= 1.15, ratio <= 1.3)})  # fmt: skip
-    rows.append({"part": "speed", "item": "training step, plain (core bmm)", "members": p, "ms": ms["plain"]})
+    rows.append({"part": "speed", "item": "training step, plain (core bmm, 1 thread)", "members": p,
+                 "ms": statistics.median(r["plain"] for r in rounds)})  # fmt: skip
     rows += _compaction_speed(data, s)
     notes = ["- (speed) every ratio is measured side by side in this process: switch / gated layers run on the "
-             "plugin's sizing_bmm strategy, the plain net on the core's bmm (the same transposed baddbmm layout)."]
+             "plugin's sizing_bmm strategy, the plain net on the core's bmm (the same transposed baddbmm layout). "
+             f"Training steps: one thread, {s.speed_rounds} interleaved rounds of {s.speed_steps} steps each, the "
+             "ratio is the median of the rounds' ratios (ms: the median round); forwards: default threads."]
     return rows, notes
 
 
@@ -520,45 +532,54 @@ def _module_ms(module: torch.nn.Module, x: Tensor, steps: int) -> float:
 # ---------------------------------------------------------------- plot and suite
 
 
-def _plot(a: dict, b: dict, c: dict, d: dict, path: Path) -> None:
+def _plot(a: dict | None, b: dict | None, c: dict | None, d: dict | None, path: Path) -> None:
+    """The six panels; a part that did not run (EVOENS_SIZING_PARTS) leaves its panels empty."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(2, 3, figsize=(13, 7))
-    lams, reps = a["lams"], a["reps"]
-    for j, lam in enumerate(lams):
-        ax[0, 0].plot([g for g, _ in a["curve"]], [statistics.mean(sz[j + len(lams) * r] for r in range(reps))
-                                                   for _, sz in a["curve"]], label=f"λ={lam:g}")  # fmt: skip
-    ax[0, 0].set(title="(a) live units vs step", xlabel="step", ylabel="units", yscale="log")
-    ax[0, 0].legend(fontsize=6)
-    ax[0, 1].plot(b["width"], b["w"], "o-", label="Shapiro W")
-    ax[0, 1].plot(b["width"], [p or 0 for p in b["pi_en"]], "s-", label="π exp+normal")
-    ax[0, 1].plot(b["width"], [p or 0 for p in b["pi_g"]], "^-", label="π two-gamma")
-    ax[0, 1].plot(b["width"], b["acc"], "k--", label="train acc")
-    ax[0, 1].set(title="(b) variance metrics", xscale="log", xlabel="hidden units")
-    ax[0, 1].legend(fontsize=6)
-    ax[0, 2].plot(b["width"], [dd / max(w, 1) for dd, w in zip(b["dead"], b["width"])], "o-")
-    ax[0, 2].set(title="(b) dead units / (width x replicates)", xscale="log", xlabel="hidden units")
-    for width, curve in b["pca"].items():
-        ks = [k / width for k in curve["ks"]]
-        ax[1, 0].plot(ks, curve["principal"], label=f"N={width} principal")
-        ax[1, 0].plot(ks, curve["journal"], ":", label=f"N={width} journal basis")
-    ax[1, 0].set(title="(b) PCA reconstruction error / total", xlabel="k / N")
-    ax[1, 0].legend(fontsize=5)
-    front = c["front"]
-    ax[1, 1].scatter([f[1] for f in front], [f[2] for f in front], c="C0", label="gated (median)")
-    for f in front:
-        ax[1, 1].annotate(f"{f[0]:.0e}", (f[1], f[2]), fontsize=6)
-    ax[1, 1].axhline(c["static"], color="k", ls="--", lw=0.8, label="static 1000")
-    ax[1, 1].set(title="(c) gated frontier", xlabel="size", ylabel="test acc", xscale="log")
-    ax[1, 1].legend(fontsize=6)
-    for start, curve in d.items():
-        ax[1, 2].plot([g for g, _, _ in curve], [sz for _, sz, _ in curve], label=f"start {start}: live")
-        ax[1, 2].plot([g for g, _, _ in curve], [w for _, _, w in curve], ":", label=f"start {start}: physical")
-    ax[1, 2].set(title="(d) grow and shrink", xlabel="step", ylabel="units", yscale="log")
-    ax[1, 2].legend(fontsize=6)
+    for data, panels in ((a, [ax[0, 0]]), (b, [ax[0, 1], ax[0, 2], ax[1, 0]]), (c, [ax[1, 1]]), (d, [ax[1, 2]])):
+        for one in panels if data is None else []:
+            one.text(0.5, 0.5, "not run (EVOENS_SIZING_PARTS)", ha="center", va="center", transform=one.transAxes)
+            one.set_axis_off()
+    if a is not None:
+        lams, reps = a["lams"], a["reps"]
+        for j, lam in enumerate(lams):
+            ax[0, 0].plot([g for g, _ in a["curve"]], [statistics.mean(sz[j + len(lams) * r] for r in range(reps))
+                                                       for _, sz in a["curve"]], label=f"λ={lam:g}")  # fmt: skip
+        ax[0, 0].set(title="(a) live units vs step", xlabel="step", ylabel="units", yscale="log")
+        ax[0, 0].legend(fontsize=6)
+    if b is not None:
+        ax[0, 1].plot(b["width"], b["w"], "o-", label="Shapiro W")
+        ax[0, 1].plot(b["width"], [p or 0 for p in b["pi_en"]], "s-", label="π exp+normal")
+        ax[0, 1].plot(b["width"], [p or 0 for p in b["pi_g"]], "^-", label="π two-gamma")
+        ax[0, 1].plot(b["width"], b["acc"], "k--", label="train acc")
+        ax[0, 1].set(title="(b) variance metrics", xscale="log", xlabel="hidden units")
+        ax[0, 1].legend(fontsize=6)
+        ax[0, 2].plot(b["width"], [dd / max(w, 1) for dd, w in zip(b["dead"], b["width"])], "o-")
+        ax[0, 2].set(title="(b) dead units / (width x replicates)", xscale="log", xlabel="hidden units")
+        for width, curve in b["pca"].items():
+            ks = [k / width for k in curve["ks"]]
+            ax[1, 0].plot(ks, curve["principal"], label=f"N={width} principal")
+            ax[1, 0].plot(ks, curve["journal"], ":", label=f"N={width} journal basis")
+        ax[1, 0].set(title="(b) PCA reconstruction error / total", xlabel="k / N")
+        ax[1, 0].legend(fontsize=5)
+    if c is not None:
+        front = c["front"]
+        ax[1, 1].scatter([f[1] for f in front], [f[2] for f in front], c="C0", label="gated (median)")
+        for f in front:
+            ax[1, 1].annotate(f"{f[0]:.0e}", (f[1], f[2]), fontsize=6)
+        ax[1, 1].axhline(c["static"], color="k", ls="--", lw=0.8, label="static 1000")
+        ax[1, 1].set(title="(c) gated frontier", xlabel="size", ylabel="test acc", xscale="log")
+        ax[1, 1].legend(fontsize=6)
+    if d is not None:
+        for start, curve in d.items():
+            ax[1, 2].plot([g for g, _, _ in curve], [sz for _, sz, _ in curve], label=f"start {start}: live")
+            ax[1, 2].plot([g for g, _, _ in curve], [w for _, _, w in curve], ":", label=f"start {start}: physical")
+        ax[1, 2].set(title="(d) grow and shrink", xlabel="step", ylabel="units", yscale="log")
+        ax[1, 2].legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -569,6 +590,9 @@ def suite(quick: bool, device: torch.device, env: dict[str, Any], *, sizes: Size
     start = time.perf_counter()
     s = sizes or (QUICK if quick else FULL_SIZES if FULL else Sizes())
     mode = "quick" if quick else "full (the journal's lengths)" if FULL else "default (reduced lengths, below)"
+    if set(PARTS) - set(ALL_PARTS):
+        raise ValueError(f"EVOENS_SIZING_PARTS={','.join(PARTS)}: parts are {', '.join(ALL_PARTS)}")
+    a = b = c = d = None
     with torch_threads(None if device.type == "cuda" else torch.get_num_threads()), sizing_strategy():
         data, source, fashion = load_data(quick)
         notes = ["## What was run", "",
@@ -576,33 +600,40 @@ def suite(quick: bool, device: torch.device, env: dict[str, Any], *, sizes: Size
                  f"{len(data.test)}; mode: {mode}; Adam lr 1e-3, batch {s.batch}, strict switches with theta0 = 1 "
                  "unless said. The journal's numbers are read off its plots ([plot≈]) except where the spec "
                  "gives a table. Verdicts are computed from the numbers in the table.",
-                 "- FashionMNIST: " + ("present, part (a) repeated on it." if fashion else "absent: skipped."),
+                 "- FashionMNIST: " + ("present, part (a) repeated on it." if fashion and "a" in PARTS
+                                       else "absent: skipped." if "a" in PARTS else "part (a) not run."),
+                 f"- parts: {', '.join(PARTS)} (EVOENS_SIZING_PARTS).",
                  ""]  # fmt: skip
         timings, rows = {}, []
         t = time.perf_counter()
-        with part("a sparsifier table"):
-            r, n, a = part_a(data, s, JOURNAL_A, "digits" if quick else "MNIST")
-        rows, notes, timings["a"] = rows + r, notes + n, time.perf_counter() - t
-        if fashion is not None:
-            with part("a on FashionMNIST"):
-                r, n, _ = part_a(fashion, s, JOURNAL_A_FASHION, "FashionMNIST")
-            rows, notes = rows + r, notes + n
+        if "a" in PARTS:
+            with part("a sparsifier table"):
+                r, n, a = part_a(data, s, JOURNAL_A, "digits" if quick else "MNIST")
+            rows, notes, timings["a"] = rows + r, notes + n, time.perf_counter() - t
+            if fashion is not None:
+                with part("a on FashionMNIST"):
+                    r, n, _ = part_a(fashion, s, JOURNAL_A_FASHION, "FashionMNIST")
+                rows, notes = rows + r, notes + n
         t = time.perf_counter()
-        with part("b variance metrics"):
-            r, n, b = part_b(data, s)
-        rows, notes, timings["b"] = rows + r, notes + n, time.perf_counter() - t
+        if "b" in PARTS:
+            with part("b variance metrics"):
+                r, n, b = part_b(data, s)
+            rows, notes, timings["b"] = rows + r, notes + n, time.perf_counter() - t
         t = time.perf_counter()
-        with part("c gated frontier"):
-            r, n, c = part_c(data, s)
-        rows, notes, timings["c"] = rows + r, notes + n, time.perf_counter() - t
+        if "c" in PARTS:
+            with part("c gated frontier"):
+                r, n, c = part_c(data, s)
+            rows, notes, timings["c"] = rows + r, notes + n, time.perf_counter() - t
         t = time.perf_counter()
-        with part("d grow and shrink"):
-            r, n, d = part_d(data, s)
-        rows, notes, timings["d"] = rows + r, notes + n, time.perf_counter() - t
+        if "d" in PARTS:
+            with part("d grow and shrink"):
+                r, n, d = part_d(data, s)
+            rows, notes, timings["d"] = rows + r, notes + n, time.perf_counter() - t
         t = time.perf_counter()
-        with part("speed"):
-            r, n = part_speed(data, s)
-        rows, notes, timings["speed"] = rows + r, notes + n, time.perf_counter() - t
+        if "speed" in PARTS:
+            with part("speed"):
+                r, n = part_speed(data, s)
+            rows, notes, timings["speed"] = rows + r, notes + n, time.perf_counter() - t
     notes.append("- wall time per part (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
                  + f"; suite {time.perf_counter() - start:.0f} s. Plot: sizing.png.")  # fmt: skip
     return BenchResult(
