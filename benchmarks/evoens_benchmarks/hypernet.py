@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from evoens_ensemble.metrics import EnsembleMetrics
 from evoens_hypernet.meta import MetaTerms, plain_evaluate
 from evoens_hypernet.models import vq_cnn
 from evoens_hypernet.refiner import VQRefiner
@@ -103,11 +104,10 @@ def module_accuracy(model: nn.Module, split: Split, limit: int | None = None) ->
 @torch.no_grad()
 def ensemble_accuracy(r: VQRefiner, codes: Tensor, split: Split, limit: int | None = None) -> tuple[float, float]:
     """(ensemble accuracy with probabilities averaged, mean member accuracy) of ``codes``' members."""
-    x, y = split.x[:limit], split.y[:limit]
-    logits = member_logits(r, codes, x)  # (E, n, C)
-    ensemble = (logits.softmax(-1).mean(0).argmax(-1) == y).float().mean()
-    single = (logits.argmax(-1) == y).float().mean(1).mean()
-    return float(ensemble), float(single)
+    metrics = EnsembleMetrics("mean_prob")  # the ensemble plugin's, as the run summary's
+    metrics.update(member_logits(r, codes, split.x[:limit]), split.y[:limit])  # (E, n, C)
+    out = metrics.compute()
+    return float(out["accuracy"]), float(out["member_accuracy"].mean())
 
 
 # ---------------------------------------------------------------- (mnist)
