@@ -66,11 +66,11 @@ def _sizing_trainer(run: Any, options: Any) -> Any:
 
 def _check_options(options: Any, template: torch.nn.Module) -> None:
     """What the options dataclass cannot say alone, as one line each."""
-    from evoens_sizing.switch import SwitchLinear
+    from evoens_sizing.compact import SWITCHED
 
     if not options.lams:
         raise ConfigError("trainer.options.lams = []: give at least one lambda (it is cycled over the members)")
-    switches = any(isinstance(m, SwitchLinear) for m in template.modules())
+    switches = any(isinstance(m, SWITCHED) for m in template.modules())
     for key in ("grow_every", "compact_every", "lam_decay"):
         if getattr(options, key) and not switches:
             raise ConfigError(f"trainer.options.{key} = {getattr(options, key)}: it acts on switch layers, and this "

@@ -32,7 +32,7 @@ from evoens.datasets import Batcher
 from evoens.fitness import fitness_stats
 from evoens.phases import Evaluate
 from evoens.population import Population, flat_layout
-from evoens_sizing.compact import compact, compact_population, resized, unit_plan, widths
+from evoens_sizing.compact import SWITCHED, compact, compact_population, resized, unit_plan, widths
 from evoens_sizing.gated import GatedLinear, gate_integral
 from evoens_sizing.grow import grow_tensors, grow_zeros, growth
 from evoens_sizing.models import sized_layers
@@ -97,10 +97,14 @@ class SizingTrainer:
         self.grow_after = self.start_delay()  # per switch layer: the first generation a growth check acts
 
     # ------------------------------------------------------------------ state
-    def _build(self, template: nn.Module, flat: Tensor, moments: tuple[Tensor, Tensor, Tensor] | None = None) -> None:
+    def _build(self, template: nn.Module, flat: Tensor, moments: tuple[Tensor, Tensor, Tensor] | None = None,
+               buffers: Mapping[str, Tensor] | None = None) -> None:  # fmt: skip
+        """``buffers`` (name -> (P, ...)): per-member BatchNorm statistics, copied (train mode writes
+        them in place); None: the template's."""
         leaf = flat.detach().clone().requires_grad_(True)
         self.template, self.layers = template, sized_layers(template)
-        self.population = Population(template, leaf, strategy=self.strategy)
+        own = {k: v.clone(memory_format=torch.contiguous_format) for k, v in (buffers or {}).items()}
+        self.population = Population(template, leaf, own or None, strategy=self.strategy)
         self.optimizer = torch.optim.Adam([leaf], lr=self.lr)
         if moments is not None:
             step, m1, m2 = moments
@@ -178,7 +182,7 @@ class SizingTrainer:
 
     def _alive(self) -> dict[str, Tensor]:
         params = self.population.params
-        return {n: params[f"{n}.theta"].detach() > 0 for n, m in self.layers if isinstance(m, SwitchLinear)}
+        return {n: params[f"{n}.theta"].detach() > 0 for n, m in self.layers if isinstance(m, SWITCHED)}
 
     # ------------------------------------------------------------------ a generation
     def step(self, generation: int, evaluate: Evaluate) -> dict[str, Any]:
@@ -238,14 +242,15 @@ class SizingTrainer:
             with torch.no_grad():
                 params = self.population.params
                 for name, m in self.layers:
-                    if isinstance(m, SwitchLinear):
+                    if isinstance(m, SWITCHED):
                         theta = params[f"{name}.theta"]  # (P, N) view of the leaf
                         fresh = switch_init_(torch.empty_like(theta), m.init, self.grow_generator)
                         theta.copy_(torch.where(collapsed.to(theta.device)[:, None], fresh, theta))
 
     # ------------------------------------------------------------------ compaction and growth
     def maybe_compact(self, force: bool = False) -> bool:
-        """Compact when the widest member's live units are below (1 - compact_min) of a layer."""
+        """Compact when the widest member's live units are below (1 - compact_min) of a layer (switch
+        Linears and Conv2ds; a SwitchConv2d's BatchNorm statistics are cut per member with its channels)."""
         alive = self._alive()
         if not alive:
             return False
@@ -256,14 +261,16 @@ class SizingTrainer:
         params = {k: v.detach() for k, v in self.population.params.items()}
         moments = self._moments()
         dicts = [params] + ([_as_dict(moments[1], layout), _as_dict(moments[2], layout)] if moments else [])
-        template, cut = compact_population(self.template, dicts, params)
-        self._rebuild(template, cut, moments)
+        buffers = dict(self.population.buffers)  # (P, ...) each, shared ones expanded: cut per member too
+        template, cut = compact_population(self.template, dicts + ([buffers] if buffers else []), params)
+        self._rebuild(template, cut[: len(dicts)], moments, cut[-1] if buffers else None)
         return True
 
-    def _rebuild(self, template: nn.Module, cut: list[dict[str, Tensor]], moments: tuple | None) -> None:
+    def _rebuild(self, template: nn.Module, cut: list[dict[str, Tensor]], moments: tuple | None,
+                 buffers: Mapping[str, Tensor] | None) -> None:  # fmt: skip
         layout = flat_layout(template)
         new_moments = None if moments is None else (moments[0], _as_flat(cut[1], layout), _as_flat(cut[2], layout))
-        self._build(template, _as_flat(cut[0], layout), new_moments)
+        self._build(template, _as_flat(cut[0], layout), new_moments, buffers)
 
     def dead_units(self) -> dict[str, Tensor]:
         """Per switch layer, every member's units with zero activation variance on the probe: (P, N)."""
@@ -282,9 +289,10 @@ class SizingTrainer:
         return found
 
     def useful_units(self) -> dict[str, Tensor]:
-        """Per switch layer, every member's units with a live switch that are not dead on the probe: (P,)."""
-        alive, dead = self._alive(), self.dead_units()
-        return {name: (a & ~dead[name]).sum(1) for name, a in alive.items()}
+        """Per switch Linear (the layers growth widens), every member's units with a live switch that
+        are not dead on the probe: (P,)."""
+        alive, dead, modules = self._alive(), self.dead_units(), dict(self.layers)
+        return {name: (a & ~dead[name]).sum(1) for name, a in alive.items() if isinstance(modules[name], SwitchLinear)}
 
     def start_delay(self) -> dict[str, int]:
         """Per switch layer, the generations before its growth checks act: ``grow_delay``, or for -1
@@ -337,7 +345,7 @@ class SizingTrainer:
                              self.grow_generator)  # fmt: skip
         cut = [grown] + ([grow_zeros(_as_dict(m, layout), layer, n) for m in moments[1:]] if moments else [])
         template = resized(self.template, list(plan.values()), {**widths(self.template), name: layer.width + n})
-        self._rebuild(template, cut, moments)
+        self._rebuild(template, cut, moments, self.population.buffers)  # a Linear's growth leaves them as they are
 
     # ------------------------------------------------------------------ the contract
     def candidates(self) -> Candidates:
@@ -368,13 +376,15 @@ class SizingTrainer:
             "lam": self.schedule.lam.clone(),
             "useful_at_check": {k: v.clone() for k, v in self.useful_at_check.items()},
             "grow_generator": self.grow_generator.get_state(),
+            "buffers": {k: v.clone() for k, v in self.population.buffers.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["widths"] != self.physical_widths():
             self.template = resized(self.template, unit_plan(self.template), state["widths"])
         moments = None if state["moments"] is None else tuple(t.to(self.device) for t in state["moments"])
-        self._build(self.template, state["flat"].to(self.device), moments)  # type: ignore[arg-type]
+        buffers = {k: v.to(self.device) for k, v in state.get("buffers", {}).items()}  # older checkpoints: none
+        self._build(self.template, state["flat"].to(self.device), moments, buffers)  # type: ignore[arg-type]
         self.schedule.lam = state["lam"].clone()
         self.useful_at_check = {k: v.to(self.device) for k, v in state["useful_at_check"].items()}
         self.grow_generator.set_state(state["grow_generator"])

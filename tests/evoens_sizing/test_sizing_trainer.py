@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from evoens_sizing.models import sizing_mlp
+from evoens_sizing.models import sizing_cnn, sizing_mlp
 from evoens_sizing.strategy import SizingBMM
 from evoens_sizing.trainer import SizingOptions, SizingTrainer
 
@@ -162,3 +162,37 @@ def test_the_start_up_delay_follows_the_smallest_starting_switch() -> None:
                             device=torch.device("cpu"), seed=0, probe=split.x[:64])  # fmt: skip
     theta = trainer.population.params["0.theta"].detach()
     assert trainer.grow_after["0"] == math.ceil(float(theta.min()) / 0.01) < 100  # theta in (0, 1]
+
+
+def test_a_conv_population_compacts_with_its_batchnorm_and_keeps_every_output() -> None:
+    g = torch.Generator().manual_seed(0)
+    split = Split(torch.randn(96, 1, 8, 8, generator=g), torch.randint(0, 3, (96,), generator=g))
+    net = sizing_cnn((1, 8, 8), 3, [6, 4])  # SwitchConv2d(+BN) -> ReLU -> MaxPool, twice, then a Linear
+    trainer = SizingTrainer(net, 3, SizingOptions(lams=[0.0]), lr=0.05, batcher=Batcher(split, 32, 0),
+                            device=torch.device("cpu"), seed=0, strategy="vmap")  # fmt: skip
+    for gen in range(3):  # every member's BatchNorm statistics are its own now
+        trainer.step(gen, EVALUATE)
+    running = trainer.population.buffers["0.bn.running_var"]  # (P, 6)
+    assert not torch.equal(running[0], running[1])
+    with torch.no_grad():
+        theta = trainer.population.params
+        theta["0.theta"][0, :3] = -1.0
+        theta["0.theta"][1, 1:5] = -1.0
+        theta["0.theta"][2, 5] = -1.0
+        theta["3.theta"][:, 0] = -1.0
+    x = torch.randn(10, 1, 8, 8, generator=g)
+    trainer.template.eval()  # the running statistics decide the output
+    before = trainer.population(x)
+    assert trainer.maybe_compact()
+    assert trainer.physical_widths() == {"0": 5, "3": 3}
+    assert (trainer.population(x) - before).abs().max() < 1e-5
+    torch.testing.assert_close(trainer.population.buffers["0.bn.running_var"][1], running[1, [0, 5, 1, 2, 3]])
+    assert (trainer.candidates().logits(x) - before).abs().max() < 1e-5  # members at their own widths
+    resumed = SizingTrainer(sizing_cnn((1, 8, 8), 3, [6, 4]), 3, SizingOptions(lams=[0.0]), lr=0.05,
+                            batcher=Batcher(split, 32, 0), device=torch.device("cpu"), seed=0,
+                            strategy="vmap")  # fmt: skip
+    resumed.load_state_dict(trainer.state_dict())  # the checkpoint carries the cut statistics
+    resumed.template.eval()
+    assert (resumed.population(x) - before).abs().max() < 1e-5
+    trainer.template.train()
+    trainer.step(3, EVALUATE)  # and it trains on with the smaller tensors
