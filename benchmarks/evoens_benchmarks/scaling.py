@@ -156,7 +156,7 @@ def suite(quick: bool, device: torch.device, env: dict[str, Any]) -> BenchResult
     rows: list[dict[str, Any]] = []
     measured: dict[str, dict[int, dict[str, Any]]] = {}
     grid = [(workload, n) for workload in plans for n in (0, 1, 2)]
-    for workload, n in cells(grid, lambda c: f"{c[0]} P={plans[c[0]][0]}, {c[1]} actors"):
+    for workload, n in cells(grid, lambda c: f"{c[0]} P={plans[c[0]][0]}, {c[1]} actor{'s' * (c[1] != 1)}"):
         measured.setdefault(workload, {})[n] = measure_run(workload, n, *plans[workload])
     for workload, (popsize, _) in plans.items():
         for n, m in measured[workload].items():
