@@ -133,6 +133,12 @@ def test_the_estimate_reads_a_committed_quick_result_one_folder_deep(
     assert _lines(capsys)[0].endswith(f"(its last run took that: {elsewhere / 'grid.json'})")
 
 
+def test_every_registered_suite_has_a_committed_quick_duration() -> None:
+    """A fresh clone's ``evoens bench NAME --quick`` says up front how long it takes."""
+    missing = [name for name in SUITES if recorded_seconds(name, True, bench.COMMITTED_RESULTS) is None]
+    assert not missing, f"no committed quick run with wall_seconds under {bench.COMMITTED_RESULTS}: {missing}"
+
+
 class _FirstCell(Exception):
     """Raised by the patched :func:`cells` after a suite's first cell line: the suite stops right there."""
 
