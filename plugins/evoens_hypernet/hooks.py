@@ -27,7 +27,10 @@ class VQOptions:
     refiner: str = option("mlp", "'mlp', 'mlp_large' (+2 layers) or 'bias' (the NO_NN ablation)",
                           choices=("mlp", "mlp_large", "bias"))  # fmt: skip
     output_scale: float = option(0.1, "initial sigma_t of every stage", gt=0, finite=True)
-    checkpoint: bool = option(True, "recompute each stage in the backward pass (memory: T inputs, not T stages)")
+    path: str = option("auto", "decode u_T in the refiner's hidden space ('hidden'), stage by stage ('stages') or "
+                       "whichever costs less ('auto')", choices=("auto", "hidden", "stages"))  # fmt: skip
+    checkpoint: bool = option(False, "stage by stage: recompute each stage in the backward pass (T inputs kept, "
+                              "not T stages; measured slower and no smaller on a CPU)")  # fmt: skip
 
     @classmethod
     def tiny(cls) -> VQOptions:
@@ -86,7 +89,8 @@ def _build(kind: str, space: Any, options: Any, batch: int) -> tuple[Any, Any, d
         return ChunkedHypernet, ChunkedHypernet.estimate(space.dim, **kw, batch=batch), kw
     kw["use_checkpoint"] = kw.pop("checkpoint")
     estimate = VQRefiner.estimate(space.dim, stages=options.stages, options=options.options, hidden=options.hidden,
-                                  refiner=options.refiner, batch=batch, use_checkpoint=options.checkpoint)  # fmt: skip
+                                  refiner=options.refiner, batch=batch, use_checkpoint=options.checkpoint,
+                                  path=options.path)  # fmt: skip
     return VQRefiner, estimate, kw
 
 

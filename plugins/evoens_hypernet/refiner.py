@@ -12,9 +12,13 @@ of the current weights and the code picks one, ``u_{t+1} = u_t + σ_t · o_{t, z
 ``in`` is Linear(D, H)+ReLU+Linear(H, H)+ReLU, ``mid`` 2 (``mlp_large``: 4) Linear(H, H)+ReLU,
 ``out`` Linear(H, K·D). Only the chosen option's block of ``out`` is computed per member (the
 original computes all K and indexes; same numbers, K times fewer output-layer FLOPs); the bias
-variant allocates no MLP (the original kept an unused one). Every stage can be recomputed in the
-backward pass (``torch.utils.checkpoint``), so a decode keeps T inputs ``(N, D)`` instead of every
-stage's activations. ``encode`` is VQ-DRAW's greedy encoder (argmin MSE per stage). Pure torch.
+variant allocates no MLP (the original kept an unused one). A decode of ``u_T`` runs in the
+refiner's hidden space (:mod:`evoens_hypernet.fused`: the big weights enter K times instead of T·N
+times) where that costs less than the stages (``path = "auto"``: from two members on at the seed's
+sizes); the stage-by-stage path
+(``"stages"``, always for ``return_sequence``) can recompute every stage in the backward pass
+(``torch.utils.checkpoint``), so a decode keeps T inputs ``(N, D)`` instead of every stage's
+activations. ``encode`` is VQ-DRAW's greedy encoder (argmin MSE per stage). Pure torch.
 """
 
 from __future__ import annotations
@@ -25,12 +29,14 @@ from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
 from evoens_hypernet.deferred import DeferredWeights
+from evoens_hypernet.fused import decode_hidden, hidden_cost, stages_cost
 from evoens_hypernet.generator import Generator, MemoryEstimate
 from evoens_hypernet.space import WeightSpace
 
-__all__ = ["REFINERS", "VQRefiner"]
+__all__ = ["PATHS", "REFINERS", "VQRefiner", "uses_hidden"]
 
 REFINERS = ("mlp", "mlp_large", "bias")
+PATHS = ("auto", "hidden", "stages")
 FLOAT = 4  # bytes
 
 
@@ -46,16 +52,19 @@ class VQRefiner(Generator):
 
     def __init__(
         self, space: WeightSpace, *, stages: int = 40, options: int = 4, hidden: int = 512, refiner: str = "mlp",
-        output_scale: float = 0.1, use_checkpoint: bool = True, deferred_grads: bool = True, **kw: object,
+        output_scale: float = 0.1, use_checkpoint: bool = False, deferred_grads: bool = True, path: str = "auto",
+        **kw: object,
     ) -> None:  # fmt: skip
         super().__init__(space, **kw)  # type: ignore[arg-type]
         if refiner not in REFINERS:
             raise ValueError(f"refiner must be one of {', '.join(REFINERS)}, got {refiner!r}")
+        if path not in PATHS:
+            raise ValueError(f"path must be one of {', '.join(PATHS)}, got {path!r}")
         if min(stages, options, hidden) < 1:
             raise ValueError(f"stages, options and hidden must be >= 1, got {stages}, {options}, {hidden}")
         D, H, K, T = space.dim, hidden, options, stages
         self.stages, self.options, self.hidden, self.refiner = T, K, H, refiner
-        self.use_checkpoint, self.deferred_grads = use_checkpoint, deferred_grads
+        self.use_checkpoint, self.deferred_grads, self.path = use_checkpoint, deferred_grads, path
         device = space.scales.device
         self.biases = nn.Parameter(torch.randn(T, K, D, device=device))  # (T, K, D)
         self.output_scales = nn.Parameter(torch.full((T,), float(output_scale), device=device))  # (T,)
@@ -118,11 +127,17 @@ class VQRefiner(Generator):
         self._check_codes(codes)
         codes = codes.to(self.device)
         N, T, K, D = codes.shape[0], self.stages, self.options, self.space.dim
+        if not return_sequence and self.hidden_path(N):
+            return decode_hidden(codes, self._option_rows(codes), first=self.in_layer[0], rest=self.in_layer[1:],
+                                 mid=self.mid_layer, out=self.out_layer, embedding=self.stage_embedding,
+                                 biases=self.biases, scales=self.output_scales)  # fmt: skip
+        if self.refiner == "bias" and not return_sequence:  # u_T = Σ_t σ_t b_{t, z_t}: one (N, T·K) x (T·K, D) product
+            weights = F.one_hot(codes, K).to(self.biases.dtype) * self.output_scales[None, :, None]  # (N, T, K)
+            return weights.view(N, T * K) @ self.biases.view(T * K, D)
         stage_rows = torch.arange(T, device=self.device) * K + codes  # (N, T) rows of biases (T*K, D)
         chosen = self.biases.view(T * K, D).index_select(0, stage_rows.reshape(-1)).view(N, T, D)  # b_{t, z_t}
-        if self.refiner == "bias":  # the closed form, one op: u_t = Σ_{s<t} σ_s b_{s, z_s}
-            steps = self.output_scales[None, :, None] * chosen  # (N, T, D)
-            return steps.cumsum(1) if return_sequence else steps.sum(1)
+        if self.refiner == "bias":  # the closed form's sequence: u_t = Σ_{s<t} σ_s b_{s, z_s}
+            return (self.output_scales[None, :, None] * chosen).cumsum(1)  # (N, T, D)
         # Per-stage slices through unbind: ONE gradient buffer for all stages, not a full-size one each.
         b_t, e_t, sigma_t = chosen.unbind(1), self.stage_embedding.unbind(0), self.output_scales.unbind(0)
         u = torch.zeros(N, D, device=self.device, dtype=self.biases.dtype)  # (N, D)
@@ -137,6 +152,10 @@ class VQRefiner(Generator):
             if return_sequence:
                 sequence.append(u)
         return torch.stack(sequence, dim=1) if return_sequence else u
+
+    def hidden_path(self, n: int) -> bool:
+        """Whether a decode of ``u_T`` for ``n`` members runs in the hidden space (:func:`uses_hidden`)."""
+        return uses_hidden(self.path, self.refiner, n, self.stages, self.options, self.hidden, self.space.dim)
 
     def _option_rows(self, codes: Tensor) -> list[list[Tensor]]:
         """``[t][k]``: the members choosing option k at stage t, grouped on the host from ONE copy of
@@ -164,13 +183,17 @@ class VQRefiner(Generator):
     # ------------------------------------------------------------------ memory
     @staticmethod
     def estimate(dim: int, *, stages: int = 40, options: int = 4, hidden: int = 512, refiner: str = "mlp",
-                 batch: int = 4, use_checkpoint: bool = True) -> MemoryEstimate:  # fmt: skip
+                 batch: int = 4, use_checkpoint: bool = False, path: str = "auto") -> MemoryEstimate:  # fmt: skip
         """Memory of a refiner over D = ``dim`` weights, before building it (float32)."""
         D, T, K, H = dim, stages, options, hidden
         params = T * K * D + T
         if refiner != "bias":
             mids = 4 if refiner == "mlp_large" else 2
             params += T * H + (D * H + H) + (H * H + H) * (1 + mids) + (H * K * D + K * D)
+        if uses_hidden(path, refiner, batch, T, K, H, D):
+            # every stage's (N, H) activations, the (N, D) base and output, the big weights' transient gradients
+            kept = 4 * (4 + mids) * T * batch * H + 2 * batch * D + H * (K + 1) * D
+            return MemoryEstimate(params, 4 * FLOAT * params, FLOAT * kept)
         per_stage = batch * D * 4  # input, chosen block, bias row, output
         kept = T * batch * D + per_stage if use_checkpoint and refiner != "bias" else T * per_stage
         if refiner != "bias":
@@ -179,4 +202,14 @@ class VQRefiner(Generator):
 
     def memory_estimate(self, batch: int) -> MemoryEstimate:
         return self.estimate(self.space.dim, stages=self.stages, options=self.options, hidden=self.hidden,
-                             refiner=self.refiner, batch=batch, use_checkpoint=self.use_checkpoint)  # fmt: skip
+                             refiner=self.refiner, batch=batch, use_checkpoint=self.use_checkpoint,
+                             path=self.path)  # fmt: skip
+
+
+def uses_hidden(path: str, refiner: str, n: int, stages: int, options: int, hidden: int, dim: int) -> bool:
+    """Whether a decode of ``u_T`` for ``n`` members runs in the hidden space (:mod:`evoens_hypernet.fused`):
+    ``path = "hidden"``, or ``"auto"`` where it costs less than the stages (``fused.stages_cost``)."""
+    if refiner == "bias" or path == "stages":
+        return False
+    sizes = (n, stages, options, hidden, dim)
+    return path == "hidden" or hidden_cost(*sizes) <= stages_cost(*sizes)

@@ -60,9 +60,10 @@ def test_a_shape_without_a_fan_in_is_a_clear_error():
         WeightSpace(Scalar())
 
 
+@pytest.mark.parametrize("path", ["hidden", "stages"])
 @pytest.mark.parametrize("kind", ["mlp", "mlp_large", "bias"])
-def test_decode_is_deterministic_and_equals_the_all_proposals_reference(kind):
-    r = refiner(kind)
+def test_decode_is_deterministic_and_equals_the_all_proposals_reference(kind, path):
+    r = refiner(kind, path=path)
     codes = r.sample_codes(4, torch.Generator().manual_seed(0))
     a, b = r.decode(codes), r.decode(codes.clone())
     assert torch.equal(a, b)
@@ -93,10 +94,10 @@ def _grads(r: VQRefiner, codes: torch.Tensor) -> list[torch.Tensor]:
 
 def test_checkpointed_deferred_and_plain_decodes_give_the_same_gradients():
     codes = refiner().sample_codes(6, torch.Generator().manual_seed(4))
-    reference = refiner(use_checkpoint=False, deferred_grads=False)
+    reference = refiner(use_checkpoint=False, deferred_grads=False, path="stages")
     plain = _grads(reference, codes)
     for kw in ({"use_checkpoint": True}, {"use_checkpoint": False}, {"use_checkpoint": True, "deferred_grads": False}):
-        got = _grads(refiner(**kw), codes)
+        got = _grads(refiner(**kw, path="stages"), codes)
         for a, b in zip(got, plain):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
