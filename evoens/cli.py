@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--out", default="benchmarks/results", help="where NAME.json / NAME.md / NAME.png go")
     bench.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    bench.add_argument(
+        "--threads", type=int, metavar="N", help="intra-op threads of the suites and their runs (default: torch's)"
+    )
     _plugin_args(bench)
 
     plugins = sub.add_parser("plugins", help="list plugins: distribution, version, hooks, providers")
@@ -203,7 +206,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from evoens.bench import run_suite
+    from evoens.bench import run_suite, torch_threads
     from evoens.run import resolve_device
 
     listing = not (args.all or args.name)
@@ -218,10 +221,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 print(f"{provider.name:20s} {provider.description}  [{provider.plugin}]")
         return 0
     device = resolve_device(args.device)
-    for name in names:
-        provider = registry.get("benchmark", name)
-        run_suite(provider.factory, name, quick=args.quick, out=Path(args.out), device=device)
-        print(f"bench {name}: {Path(args.out) / (name + '.md')}")
+    with torch_threads(args.threads or None):  # the suites' runs keep it (their configs' threads = 0)
+        for name in names:
+            provider = registry.get("benchmark", name)
+            run_suite(provider.factory, name, quick=args.quick, out=Path(args.out), device=device)
+            print(f"bench {name}: {Path(args.out) / (name + '.md')}")
     return 0
 
 
@@ -255,7 +259,7 @@ def _configure_output(debug: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_output(args.debug)
-    if getattr(args, "threads", None) is not None:  # like --device: recorded in the run's config.toml
+    if getattr(args, "threads", None) is not None and hasattr(args, "overrides"):  # run/resume: in config.toml
         args.overrides.append(f"threads={args.threads}")
     try:
         return COMMANDS[args.command](args)

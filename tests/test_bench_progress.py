@@ -177,3 +177,12 @@ def test_each_suite_goes_through_cells_and_its_first_lines_say_so(
     assert lines[0].startswith(f"bench {name} --quick: ")  # the estimate first
     assert all(line.startswith(f"bench {name}: part ") for line in lines[1:-1])  # then any parts it is in
     assert lines[-1].startswith(f"bench {name}: ") and f"cell 1/{size} {described} (" in lines[-1]
+
+
+def test_bench_threads_hold_for_the_suite_and_are_recorded(tmp_path: Path) -> None:
+    from evoens.cli import main
+
+    before = torch.get_num_threads()
+    assert main(["bench", "generation", "--quick", "--threads", "1", "--out", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "generation.json").read_text())["environment"]["threads"] == 1
+    assert torch.get_num_threads() == before  # restored after the suites
