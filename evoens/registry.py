@@ -10,10 +10,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NoReturn
 
 from evoens.config import parse_options
-from evoens.errors import ConfigError, RegistryError, did_you_mean
+from evoens.errors import ConfigError, PluginError, RegistryError, RunError, UserError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,16 @@ class Registry:
         """Shorthand for ``get(kind, name).factory(*args, **kwargs)``."""
         return self.get(kind, name).factory(*args, **kwargs)
 
+    def build(self, kind: str, name: str, *args: Any, like: type | None = None) -> Any:
+        """:meth:`create` for a run: what the factory returns, checked by :func:`checked`; a
+        factory that raises is one line naming the provider and its plugin (:func:`factory_failure`)."""
+        provider = self.get(kind, name)
+        try:
+            made = provider.factory(*args)
+        except Exception as exc:
+            raise_as(factory_failure(provider, exc), exc)
+        return checked(provider, made, like)
+
     def names(self, kind: str) -> list[str]:
         return sorted(name for k, name in self._providers if k == kind)
 
@@ -96,3 +106,40 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._providers)
+
+
+# --- a provider's factory gone wrong, as one line ------------------------------------------
+
+
+def factory_failure(provider: Provider, exc: Exception) -> Exception:
+    """``exc``, raised by ``provider``'s factory, as the error to raise: evoens's own one-line
+    errors as they are, anything else as one line naming the provider and its plugin."""
+    if isinstance(exc, (UserError, RunError)):
+        return exc
+    first = (str(exc).strip().splitlines() or [""])[0][:200]
+    return PluginError(
+        f"{provider.kind} '{provider.name}' (plugin '{provider.plugin}') failed to build: {type(exc).__name__}: "
+        f"{first}; fix its factory (the signature of each kind: evoens.kinds) or choose another {provider.kind} "
+        "(--debug shows the traceback)"
+    )
+
+
+def raise_as(error: Exception, cause: Exception) -> NoReturn:
+    """Raise ``error`` from ``cause`` (``cause`` itself as it was, when they are one)."""
+    if error is cause:
+        raise cause
+    raise error from cause
+
+
+def checked(provider: Provider, made: Any, like: type | None) -> Any:
+    """``made`` if it is a ``like`` (a callable where ``like`` is None); else one line naming the provider."""
+    if not (callable(made) if like is None else isinstance(made, like)):
+        expected = "a callable" if like is None else f"{like.__module__}.{like.__qualname__}"
+        if getattr(like, "_is_protocol", False):  # say what the protocol asks for that is not there
+            wanted = [n for n in [*vars(like), *getattr(like, "__annotations__", {})] if not n.startswith("_")]
+            expected += f" (it lacks {', '.join(n for n in wanted if not hasattr(made, n))})"
+        raise PluginError(
+            f"{provider.kind} '{provider.name}' (plugin '{provider.plugin}') returned {type(made).__name__}, not "
+            f"{expected}; fix its factory (the signature of each kind: evoens.kinds)"
+        )
+    return made

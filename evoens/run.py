@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -20,14 +20,14 @@ from torch import nn
 from evoens.checkpoint import rng_state, set_rng_state
 from evoens.config import ConfigError, RunConfig
 from evoens.datasets import Batcher, DataError, DataSplits, Split
-from evoens.errors import PluginError, RegistryError, RunError, UserError
+from evoens.errors import RegistryError, UserError
 from evoens.fitness import FitnessFn, accuracy
 from evoens.gradient import OPTIMIZERS
 from evoens.kinds import Trainer
 from evoens.manager import PluginManager
 from evoens.models import ACTIVATIONS
 from evoens.phases import explain
-from evoens.registry import Provider, Registry
+from evoens.registry import Registry, checked, factory_failure, raise_as
 from evoens.stash import Stash, StashKey
 from evoens.strategies import STRATEGIES
 
@@ -193,9 +193,9 @@ def _assemble(config: RunConfig, out_dir: Path, pm: PluginManager, registry: Reg
     data_cfg = _with_options(registry, "dataset", config.data, "data.options")
     model_cfg = _with_options(registry, "model", config.model, "model.options")
     data = _load_data(registry, config, data_cfg).to(device)
-    shape = (data.input_shape, data.num_classes, model_cfg)
-    template = build(registry, "model", config.model.name, *shape, like=nn.Module)
-    fitness_fn = build(registry, "fitness", config.trainer.fitness)
+    model_args = (data.input_shape, data.num_classes, model_cfg)
+    template = registry.build("model", config.model.name, *model_args, like=nn.Module)
+    fitness_fn = registry.build("fitness", config.trainer.fitness)
     context = RunContext(
         config, pm, out_dir, device, data, template.to(device),
         Batcher(data.train, config.data.batch_size, config.seed), fitness_fn,
@@ -222,51 +222,6 @@ def _build_trainer(registry: Registry, context: RunContext) -> Trainer:
             "'evolution', do): set trainer.num_actors = 0"
         )
     return trainer
-
-
-def factory_failure(provider: Provider, exc: Exception) -> Exception:
-    """``exc``, raised by ``provider``'s factory, as the error to raise: evoens's own one-line
-    errors as they are, anything else as one line naming the provider and its plugin."""
-    if isinstance(exc, (UserError, RunError)):
-        return exc
-    first = (str(exc).strip().splitlines() or [""])[0][:200]
-    return PluginError(
-        f"{provider.kind} '{provider.name}' (plugin '{provider.plugin}') failed to build: {type(exc).__name__}: "
-        f"{first}; fix its factory (the signature of each kind: evoens.kinds) or choose another {provider.kind} "
-        "(--debug shows the traceback)"
-    )
-
-
-def raise_as(error: Exception, cause: Exception) -> NoReturn:
-    """Raise ``error`` from ``cause`` (``cause`` itself as it was, when they are one)."""
-    if error is cause:
-        raise cause
-    raise error from cause
-
-
-def checked(provider: Provider, made: Any, like: type | None) -> Any:
-    """``made`` if it is a ``like`` (a callable where ``like`` is None); else one line naming the provider."""
-    if not (callable(made) if like is None else isinstance(made, like)):
-        expected = "a callable" if like is None else f"{like.__module__}.{like.__qualname__}"
-        if getattr(like, "_is_protocol", False):  # say what the protocol asks for that is not there
-            wanted = [n for n in [*vars(like), *getattr(like, "__annotations__", {})] if not n.startswith("_")]
-            expected += f" (it lacks {', '.join(n for n in wanted if not hasattr(made, n))})"
-        raise PluginError(
-            f"{provider.kind} '{provider.name}' (plugin '{provider.plugin}') returned {type(made).__name__}, not "
-            f"{expected}; fix its factory (the signature of each kind: evoens.kinds)"
-        )
-    return made
-
-
-def build(registry: Registry, kind: str, name: str, *args: Any, like: type | None = None) -> Any:
-    """Provider ``name`` of ``kind`` built from ``args``: what its factory returns, checked by
-    :func:`checked`; a factory that raises is one line naming the provider and its plugin."""
-    provider = registry.get(kind, name)
-    try:
-        made = provider.factory(*args)
-    except Exception as exc:
-        raise_as(factory_failure(provider, exc), exc)
-    return checked(provider, made, like)
 
 
 def _load_data(registry: Registry, config: RunConfig, data_cfg: Any) -> DataSplits:
