@@ -133,11 +133,16 @@ def raise_as(error: Exception, cause: Exception) -> NoReturn:
 
 def checked(provider: Provider, made: Any, like: type | None) -> Any:
     """``made`` if it is a ``like`` (a callable where ``like`` is None); else one line naming the provider."""
-    if not (callable(made) if like is None else isinstance(made, like)):
+    lacks = []
+    if getattr(like, "_is_protocol", False):  # duck-typed, also through __getattr__ (Python 3.12's isinstance is not)
+        wanted = [n for n in [*vars(like), *getattr(like, "__annotations__", {})] if not n.startswith("_")]
+        lacks = [n for n in dict.fromkeys(wanted) if not hasattr(made, n)]
+        fits = not lacks
+    else:
+        fits = callable(made) if like is None else isinstance(made, like)
+    if not fits:
         expected = "a callable" if like is None else f"{like.__module__}.{like.__qualname__}"
-        if getattr(like, "_is_protocol", False):  # say what the protocol asks for that is not there
-            wanted = [n for n in [*vars(like), *getattr(like, "__annotations__", {})] if not n.startswith("_")]
-            expected += f" (it lacks {', '.join(n for n in wanted if not hasattr(made, n))})"
+        expected += f" (it lacks {', '.join(lacks)})" if lacks else ""
         raise PluginError(
             f"{provider.kind} '{provider.name}' (plugin '{provider.plugin}') returned {type(made).__name__}, not "
             f"{expected}; fix its factory (the signature of each kind: evoens.kinds)"
