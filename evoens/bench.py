@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from evoens import __version__
+from evoens.engine import torch_threads  # noqa: F401  (re-exported: suites run many tiny ops in one thread)
 from evoens.memory import leaf_modules
 from evoens.population import STRATEGIES, Population, UnsupportedInput
 
@@ -39,21 +40,6 @@ class BenchResult:
     rows: list[dict[str, Any]]
     notes: list[str] = field(default_factory=list)
     plot: Callable[[Path], None] | None = None
-
-
-@contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Run the block with ``threads`` intra-op threads (None: unchanged), restoring them after.
-
-    Suites of many tiny ops use one: on a shared machine a second thread mostly waits for a
-    descheduled sibling at every op (measured up to 30x slower here)."""
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def synchronize(device: torch.device) -> None:

@@ -145,7 +145,7 @@ def _shippable(run: Run | RunContext, plugin: str) -> str | None:
     return None
 
 
-def refusal(run: Run | RunContext) -> str | None:
+def refusal(run: RunContext) -> str | None:
     """One line naming the first plugin that cannot take part in an actor evaluation, or None."""
     n = run.config.trainer.num_actors
     fix = f"or run without actors (trainer.num_actors = 0, now {n!r})"
@@ -497,10 +497,7 @@ def preflight(context: RunContext) -> None:
 
 
 def start(problem: PopulationProblem, run: Run) -> ActorPool:
-    """Connect, check that evaluation can run in actors, and start them (the first generation)."""
-    why = refusal(run)
-    if why:
-        raise PluginError(why)
+    """Start the actors (the first generation); :func:`preflight` checked them while the run was built."""
     settings = run.config.ray
     ray = connect(settings.address)
     n, threads, gpus = resolve_actors(ray, problem.remote.wanted, run.device, settings)

@@ -31,9 +31,9 @@ log = logging.getLogger("evoens")
 
 
 @contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    """torch's intra-op threads set to the config's ``threads`` for the run (0: left as they are),
-    and restored after it, however the run is started (the CLI or :func:`execute` from Python)."""
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``threads`` (a run's config, ``evoens bench --threads``, a
+    suite's one thread) for the block (0 or None: left as they are), and restored after it."""
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
